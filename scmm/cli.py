@@ -1,0 +1,196 @@
+"""Command line: ``scmm train | embed | predict | demo`` (plus the analyses of ``scmm.tl``).
+
+Run ``scmm COMMAND --help`` for the options of each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+class ProgressFile:
+    """Writes the training state to a JSON file after every epoch (the app polls it)."""
+
+    def __init__(self, path: str | None, total_epochs: int):
+        self.path = Path(path) if path else None
+        self.state = {"status": "running", "epoch": 0, "epochs": total_epochs, "history": [],
+                      "pid": os.getpid(), "started": time.time(), "message": ""}
+        self.write()
+
+    def write(self, **changes) -> None:
+        self.state.update(changes)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(self.path, self.state)
+
+    def __call__(self, record: dict) -> None:
+        self.state["history"].append(record)
+        self.write(epoch=record["epoch"])
+
+
+def cmd_train(args) -> int:
+    import scmm
+    mdata = scmm.read(*args.data.split(","))
+    scmm.preprocess(mdata, n_top_genes=args.n_top_genes, peak_fraction=args.peak_fraction,
+                    test_fraction=args.test_fraction, seed=args.seed)
+    likelihoods = dict(item.split("=", 1) for item in args.likelihood) if args.likelihood else None
+    model = scmm.SCMM(mdata, modalities=likelihoods, preset=args.preset, latent_dim=args.latent_dim,
+                      device=args.device)
+    epochs = args.epochs or model.train_settings["epochs"]
+    progress = ProgressFile(args.progress_file, epochs)
+    cancel_file = Path(args.cancel_file) if args.cancel_file else None
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+
+    def should_stop() -> bool:
+        return stop["now"] or (cancel_file is not None and cancel_file.exists())
+
+    try:
+        result = model.train(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                             objective=args.objective, k_samples=args.k_samples,
+                             progress=not args.quiet, callback=progress, should_stop=should_stop,
+                             checkpoint=Path(args.out) / "checkpoint.pt" if args.checkpoint else None,
+                             resume=args.resume)
+        if result["status"] == "cancelled":
+            progress.write(status="cancelled", message="cancelled by the user")
+            print(f"cancelled after {len(result['history'])} epochs; nothing saved", file=sys.stderr)
+            return 130
+        progress.write(status="saving", message="computing latents")
+        model.get_latent()
+        model.save(args.out)
+        progress.write(status="done", message=f"saved to {args.out}", finished=time.time())
+    except Exception as err:
+        progress.write(status="failed", message=f"{type(err).__name__}: {err}")
+        raise
+    print(f"{result['status']} after {len(result['history'])} epochs (best epoch "
+          f"{result['best_epoch']}); run saved to {args.out}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    import scmm
+    model = scmm.SCMM.load(args.run, device=args.device)
+    if args.data:
+        mdata = scmm.read(*args.data.split(","))
+        latents = model.get_latent(mdata)
+    else:
+        latents = model.get_latent()
+        model.save(args.run)
+    if args.csv:
+        import pandas as pd
+        obs = (mdata if args.data else model.mdata).obs_names
+        table = pd.DataFrame(latents["X_scmm"], index=obs,
+                             columns=[f"z{i + 1}" for i in range(model.latent_dim)])
+        table.to_csv(args.csv)
+        print(f"joint latent written to {args.csv}")
+    print("latents: " + ", ".join(f"{k} {v.shape}" for k, v in latents.items()))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import scmm
+    model = scmm.SCMM.load(args.run, device=args.device)
+    query = scmm.read_query(args.query, modality=args.source) if args.query else None
+    out = model.predict(args.target, from_modality=args.source, adata=query, kind=args.kind,
+                        library=args.library)
+    target = Path(args.out)
+    if target.suffix == ".csv":
+        import pandas as pd
+        values = out.X.toarray() if hasattr(out.X, "toarray") else out.X
+        pd.DataFrame(values, index=out.obs_names, columns=out.var_names).to_csv(target)
+    else:
+        out.write_h5ad(target)
+    print(f"{args.target} predicted from {args.source} for {out.n_obs} cells -> {target}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from scmm.demo import write_demo
+    path = write_demo(args.out, n_cells=args.n_cells, seed=args.seed)
+    print(f"demo dataset at {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scmm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="preprocess a dataset, train scMM, save a run folder")
+    train.add_argument("data", help=".h5mu, 10x .h5 / mtx folder, or .h5ad files (comma-separated)")
+    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--preset", choices=["cite", "atac", "cite-large-batch"], default=None,
+                       help="paper preset (default: atac when a modality is ATAC, else cite)")
+    train.add_argument("--likelihood", action="append", metavar="MOD=nb|zinb",
+                       help="likelihood of a modality (repeatable)")
+    train.add_argument("--latent-dim", type=int, default=10)
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--objective", choices=["stratified", "naive"], default="stratified")
+    train.add_argument("--k-samples", type=int, default=1, help="importance samples (IWAE) per cell")
+    train.add_argument("--n-top-genes", type=int, default=5000)
+    train.add_argument("--peak-fraction", type=float, default=0.25)
+    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--checkpoint", action="store_true", help="write OUT/checkpoint.pt every epoch")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--progress-file", default=None, help="JSON file updated every epoch")
+    train.add_argument("--cancel-file", default=None, help="training stops when this file appears")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    embed = sub.add_parser("embed", help="write latents of a run's data (or of another dataset)")
+    embed.add_argument("run")
+    embed.add_argument("--data", default=None, help="embed this dataset instead of the run's")
+    embed.add_argument("--csv", default=None, help="also write the joint latent as CSV")
+    embed.add_argument("--device", default=None)
+    embed.set_defaults(func=cmd_embed)
+
+    predict = sub.add_parser("predict", help="cross-modal generation from one modality")
+    predict.add_argument("run")
+    predict.add_argument("--target", required=True, help="modality to generate, e.g. prot")
+    predict.add_argument("--from", dest="source", required=True, help="modality given, e.g. rna")
+    predict.add_argument("--query", default=None, help="one-modality dataset (default: the run's data)")
+    predict.add_argument("--kind", choices=["mean", "sample"], default="mean")
+    predict.add_argument("--library", type=float, default=None,
+                         help="library size of the generated modality (default: training median)")
+    predict.add_argument("--out", required=True, help=".h5ad or .csv")
+    predict.add_argument("--device", default=None)
+    predict.set_defaults(func=cmd_predict)
+
+    demo = sub.add_parser("demo", help="write the built-in simulated CITE-seq dataset")
+    demo.add_argument("--out", default="data/demo.h5mu")
+    demo.add_argument("--n-cells", type=int, default=3000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    from .tl.cli import add_subcommands
+    add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scmm`` console script."""
+    args = build_parser().parse_args(argv)
+    from .io import ReadError
+    try:
+        return args.func(args)
+    except (ReadError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"scmm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

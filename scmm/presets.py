@@ -1,0 +1,38 @@
+"""Training presets: the paper's (CITE-seq, RNA+ATAC) and a large-batch one.
+
+Each preset gives per-kind hidden sizes and training settings; anything a user
+passes to :class:`scmm.SCMM` or :meth:`scmm.SCMM.train` overrides it.
+"""
+from __future__ import annotations
+
+PRESETS: dict[str, dict] = {
+    # Paper, CITE-seq: 3 x 200 for both modalities, lr 2e-3, warm-up 10, at most 20 epochs.
+    "cite": {
+        "hidden": {"rna": [200, 200, 200], "protein": [200, 200, 200], "atac": [200, 200, 200]},
+        "lr": 2e-3, "epochs": 20, "warmup": 10, "patience": 10, "batch_size": 128,
+    },
+    # Paper, SHARE-seq: 2 x 500 for RNA, 2 x 100 for ATAC, lr 1e-4, warm-up 50, at most 100 epochs.
+    "atac": {
+        "hidden": {"rna": [500, 500], "atac": [100, 100], "protein": [100, 100]},
+        "lr": 1e-4, "epochs": 100, "warmup": 50, "patience": 10, "batch_size": 128,
+    },
+    # Large-batch variant of "cite" for GPUs: batch x16, learning rate scaled by sqrt(16).
+    "cite-large-batch": {
+        "hidden": {"rna": [200, 200, 200], "protein": [200, 200, 200], "atac": [200, 200, 200]},
+        "lr": 8e-3, "epochs": 20, "warmup": 10, "patience": 10, "batch_size": 2048,
+    },
+}
+
+
+def default_preset(kinds: list[str]) -> str:
+    """'atac' when a modality is chromatin accessibility, else 'cite'."""
+    return "atac" if "atac" in kinds else "cite"
+
+
+def get_preset(name: str) -> dict:
+    """A copy of preset ``name`` (KeyError listing the known ones otherwise)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    preset = dict(PRESETS[name])
+    preset["hidden"] = {k: list(v) for k, v in preset["hidden"].items()}
+    return preset

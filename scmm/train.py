@@ -1,0 +1,203 @@
+"""The training loop: Adam with AMSGrad, KL warm-up, early stopping, checkpoints.
+
+It knows nothing of AnnData: it takes the torch module and two
+:class:`~scmm.batches.MultiModalBatches` (train and test cells).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .batches import MultiModalBatches
+from .model import objective
+from .model.mmvae import MMVAE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (see :mod:`scmm.presets` for the paper's)."""
+
+    epochs: int = 20
+    lr: float = 2e-3
+    warmup: int = 10
+    patience: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    objective: str = "stratified"
+    k_samples: int = 1
+    log_input: bool = True
+    grad_clip: float | None = None
+    compile: str | bool = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingCancelled(Exception):
+    """Raised inside the loop when the cancel callback asks to stop."""
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def kl_weight(epoch: int, warmup: int) -> float:
+    """Deterministic warm-up: beta = (epoch - 1) / warmup for 1-based epochs, capped at 1."""
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, (epoch - 1) / warmup)
+
+
+def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
+    """The loss function, compiled with ``torch.compile`` where asked and possible.
+
+    ``compile="auto"`` compiles on CUDA only (on the CPU here eager measured as
+    fast); any failure to compile falls back to eager with a logged warning.
+    """
+    def eager(model, xs, libs, beta):
+        return objective.loss(model, xs, libs, beta, cfg.objective, cfg.k_samples, cfg.log_input)
+
+    want = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
+    if not want:
+        return eager
+    try:
+        compiled = torch.compile(eager, dynamic=False)
+    except Exception as err:  # torch.compile unavailable on this platform
+        log.warning("torch.compile unavailable (%s); training eagerly", err)
+        return eager
+    state = {"fn": compiled}
+
+    def with_fallback(model, xs, libs, beta):
+        try:
+            return state["fn"](model, xs, libs, beta)
+        except Exception as err:  # compilation errors surface on the first call
+            if state["fn"] is eager:
+                raise
+            log.warning("compiled step failed (%s); falling back to eager", err)
+            state["fn"] = eager
+            return eager(model, xs, libs, beta)
+    return with_fallback
+
+
+@torch.no_grad()
+def evaluate(model: MMVAE, batches: MultiModalBatches, cfg: TrainConfig, batch_size: int = 1024) -> float:
+    """Mean negative ELBO (beta = 1) over all cells of ``batches``."""
+    model.eval()
+    total, n = 0.0, 0
+    for rows in batches.epoch(batch_size, shuffle=False, drop_last=False):
+        xs, libs = batches.batch(rows)
+        total += float(objective.loss(model, xs, libs, 1.0, cfg.objective, cfg.k_samples,
+                                      cfg.log_input)) * len(rows)
+        n += len(rows)
+    model.train()
+    return total / max(n, 1)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, cfg: TrainConfig,
+        progress: bool = True, callback: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None, checkpoint: str | Path | None = None,
+        resume: bool = False) -> dict:
+    """Train ``model`` in place; return ``{"history", "best_epoch", "status"}``.
+
+    - ``callback(record)`` is called after every epoch with the epoch's record
+      (epoch, epochs, beta, train_loss, test_loss, seconds);
+    - ``should_stop()`` is polled between batches; when it returns True the
+      run stops with status "cancelled" (the best weights so far are kept);
+    - ``checkpoint``: a file written after every epoch; with ``resume=True``
+      training continues from it.
+
+    Early stopping watches the test loss once the KL warm-up is over, with
+    ``cfg.patience`` epochs of patience, and reloads the best weights at the end.
+    """
+    device = next(model.parameters()).device
+    torch.manual_seed(cfg.seed)
+    shuffler = torch.Generator().manual_seed(cfg.seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, amsgrad=True)
+    loss_fn = make_loss_fn(cfg, device)
+    history: list[dict] = []
+    best = {"loss": float("inf"), "epoch": None, "state": None}
+    start_epoch = 1
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if resume and checkpoint and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        history, best = saved["history"], saved["best"]
+        shuffler.set_state(saved["shuffler"])
+        torch.set_rng_state(saved["torch_rng"])
+        start_epoch = saved["epoch"] + 1
+
+    status = "completed"
+    model.train()
+    bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="scMM", unit="epoch", disable=not progress,
+               initial=start_epoch - 1, total=cfg.epochs)
+    try:
+        for epoch in bar:
+            tic = time.perf_counter()
+            beta = kl_weight(epoch, cfg.warmup)
+            running, n_seen = 0.0, 0
+            for rows in train.epoch(cfg.batch_size, shuffler):
+                if should_stop is not None and should_stop():
+                    raise TrainingCancelled
+                xs, libs = train.batch(rows)
+                loss = loss_fn(model, xs, libs, beta)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimiser.step()
+                running += float(loss.detach()) * len(rows)
+                n_seen += len(rows)
+            if not math.isfinite(running):
+                raise FloatingPointError(f"training loss became {running} in epoch {epoch}; "
+                                         "try a lower learning rate or grad_clip")
+            test_loss = evaluate(model, test, cfg) if test is not None and test.n_cells else None
+            record = {"epoch": epoch, "epochs": cfg.epochs, "beta": beta,
+                      "train_loss": running / max(n_seen, 1), "test_loss": test_loss,
+                      "seconds": time.perf_counter() - tic}
+            history.append(record)
+            watched = test_loss if test_loss is not None else record["train_loss"]
+            if beta >= 1.0 and watched < best["loss"]:
+                best = {"loss": watched, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            bar.set_postfix(train=f"{record['train_loss']:.1f}",
+                            test=f"{test_loss:.1f}" if test_loss is not None else "-")
+            if callback is not None:
+                callback(record)
+            if checkpoint:
+                save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
+                    "history": history, "best": best, "shuffler": shuffler.get_state(),
+                    "torch_rng": torch.get_rng_state()})
+            if best["epoch"] is not None and epoch - best["epoch"] >= cfg.patience:
+                status = "early_stopping"
+                break
+    except TrainingCancelled:
+        status = "cancelled"
+    finally:
+        bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    return {"history": history, "best_epoch": best["epoch"], "status": status}
