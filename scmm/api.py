@@ -65,11 +65,13 @@ class SCMM:
         Encoder input log1p(counts / library x 1e4) (default) or without the log.
     device
         ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    seed
+        Seed of the weight initialisation (training has its own ``seed``).
     """
 
     def __init__(self, mdata: md.MuData, modalities: dict | None = None, preset: str | None = None,
                  latent_dim: int = 10, hidden: dict | None = None, posterior_scale: str = "softplus",
-                 log_input: bool = True, device: str | None = None):
+                 log_input: bool = True, device: str | None = None, seed: int = 0):
         modalities = dict(modalities or {})
         names = list(modalities) or list(mdata.mod)
         missing = [n for n in names if n not in mdata.mod]
@@ -87,6 +89,7 @@ class SCMM:
         self.posterior_scale = posterior_scale
         self.log_input = log_input
         self.device = pick_device(device)
+        torch.manual_seed(seed)
         self.module = MMVAE(self.specs, latent_dim, posterior_scale).to(self.device)
         self.train_settings = {k: settings[k] for k in ("lr", "epochs", "warmup", "patience", "batch_size")}
         self.history: list[dict] = []

@@ -109,7 +109,7 @@ def read(
         Missing, unreadable or unknown file, fewer than two modalities, no
         shared barcodes, duplicate barcodes, or values that are not raw counts.
     """
-    paths = [Path(os.fspath(p)) for p in (path, *more_paths)]
+    paths = [_as_path(p) for p in (path, *more_paths)]
     source = ", ".join(str(p) for p in paths)
     kinds = [_detect_format(p) for p in paths]
 
@@ -132,7 +132,10 @@ def read(
                 entries.append(_Entry(name, ad, p, where=None))
         else:  # h5ad
             ad = _guarded(p, "h5ad", lambda p=p: anndata.read_h5ad(p))
-            key = _protein_key(ad, protein_obsm_key, p) if (single or protein_obsm_key) else None
+            if single:
+                key = _protein_key(ad, protein_obsm_key, p)
+            else:  # with several files, split only a file that has the named key
+                key = protein_obsm_key if protein_obsm_key and protein_obsm_key in ad.obsm else None
             if key is not None:
                 rna, prot = _split_obsm_proteins(ad, key, p)
                 entries.append(_Entry("rna", rna, p, where=None))
@@ -255,7 +258,7 @@ def read_query(path, modality: str | None = None, counts_layer: str = "counts") 
         Missing/unreadable/unknown file, ambiguous or absent modality,
         duplicate barcodes, or values that are not raw counts.
     """
-    p = Path(os.fspath(path))
+    p = _as_path(path)
     kind = _detect_format(p)
     if kind == "h5ad":
         ad = _guarded(p, "h5ad", lambda: anndata.read_h5ad(p))
@@ -349,10 +352,25 @@ class _Entry:
         self.guessed = guessed
 
 
+def _as_path(p) -> Path:
+    """A Path; a matrix.mtx(.gz) file stands for the 10x folder that holds it."""
+    p = Path(os.fspath(p)).expanduser()
+    if p.name in ("matrix.mtx", "matrix.mtx.gz") and p.is_file():
+        return p.parent
+    return p
+
+
 def _guarded(path, fmt, fn):
     """Run a reader; turn any failure into a ReadError naming the file."""
     try:
-        return fn()
+        with warnings.catch_warnings():
+            # Noise from old-but-valid files, not problems with the data.
+            warnings.filterwarnings("ignore", message="var_names are not unique")
+            warnings.filterwarnings("ignore", message=".*was written without encoding metadata")
+            warnings.filterwarnings("ignore", message="The HDF5 file was not created by muon")
+            # duplicate names are reported (barcodes) or fixed (features) by the checks below
+            warnings.filterwarnings("ignore", message="(Observation|Variable) names are not unique")
+            return fn()
     except ReadError:
         raise
     except MemoryError:
@@ -407,8 +425,6 @@ def _detect_format(p: Path) -> str:
                 )
             raise ReadError(f"{p}: incomplete 10x mtx folder; missing {', '.join(missing)}")
         return "10x_mtx"
-    if p.name in ("matrix.mtx", "matrix.mtx.gz"):
-        raise ReadError(f"{p}: pass the folder that holds matrix.mtx, not the file itself ({p.parent})")
     if not p.is_file():
         raise ReadError(f"{p}: not a regular file")
     try:
@@ -602,9 +618,9 @@ def _guess_name(p: Path, ad: anndata.AnnData) -> str:
     tokens = [t for t in re.split(r"[^a-z0-9]+", stem.lower()) if t]
     found = set()
     for t in tokens:
-        if t in ("atac", "peaks", "peak", "chromatin", "dna"):
+        if t in ("atac", "peaks", "peak", "chromatin"):
             found.add("atac")
-        elif t in ("prot", "protein", "proteins", "adt", "adts", "antibody", "cite"):
+        elif t in ("prot", "protein", "proteins", "adt", "adts", "antibody"):
             found.add("prot")
         elif t in ("rna", "gex", "gene", "genes", "expression", "mrna", "scrna"):
             found.add("rna")
@@ -749,11 +765,15 @@ def _new_anndata(ad: anndata.AnnData, X) -> anndata.AnnData:
     obs.index = pd.Index([str(x) for x in ad.obs_names], dtype=object, name=ad.obs_names.name)
     var = ad.var.copy()
     var.index = pd.Index([str(x) for x in ad.var_names], dtype=object, name=ad.var_names.name)
-    out = anndata.AnnData(X=X, obs=obs, var=var, uns=dict(ad.uns))
-    for k, v in ad.obsm.items():
-        out.obsm[k] = v
-    for k, v in ad.varm.items():
-        out.varm[k] = v
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(Observation|Variable) names are not unique")
+        out = anndata.AnnData(X=X, obs=obs, var=var, uns=dict(ad.uns))
+    for store, src in ((out.obsm, ad.obsm), (out.varm, ad.varm)):
+        for k, v in src.items():
+            try:
+                store[k] = v
+            except Exception:  # noqa: BLE001 - optional annotation that no longer fits
+                pass
     return out
 
 

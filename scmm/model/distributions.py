@@ -62,11 +62,10 @@ def zinb_from_nb(nb_logp: torch.Tensor, x: torch.Tensor, log_mu: torch.Tensor, t
 
     ``pi = sigmoid(gate_logit)`` is the probability of a structural zero.
     """
-    softplus_neg = F.softplus(-gate_logit)                      # -log(1 - pi)
     log_theta_mu = torch.logaddexp(torch.log(theta + EPS), log_mu)
     nb_zero = theta * (torch.log(theta + EPS) - log_theta_mu)   # log NB(0)
-    zero_case = F.softplus(-gate_logit + nb_zero) - softplus_neg
-    nonzero_case = nb_logp - softplus_neg
+    zero_case = F.softplus(-gate_logit + nb_zero) - F.softplus(-gate_logit)
+    nonzero_case = nb_logp - F.softplus(gate_logit)             # log(1 - pi) + log NB(x)
     return torch.where(x < 0.5, zero_case, nonzero_case)
 
 
