@@ -25,21 +25,25 @@ class CSRRows:
         self.data = torch.as_tensor(csr.data, device=self.device)
         self.library = torch.as_tensor(np.asarray(csr.sum(axis=1)).ravel(), device=self.device)
 
-    def dense(self, rows: torch.Tensor) -> torch.Tensor:
-        """Dense float32 block of the given rows (a 1-D long tensor on the device)."""
+    def cut(self, rows: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Dense float32 block of ``rows`` (a 1-D long tensor on the device) and its
+        non-zero entries as ``(row in batch, column, value)`` tensors."""
         starts = self.indptr[rows]
         lengths = self.indptr[rows + 1] - starts
         n_rows = rows.shape[0]
         out = torch.zeros(n_rows, self.shape[1], device=self.device)
         nnz = int(lengths.sum())
-        if nnz == 0:
-            return out
         row_of = torch.repeat_interleave(torch.arange(n_rows, device=self.device), lengths,
                                          output_size=nnz)
         first = torch.cumsum(lengths, 0) - lengths
         offset = torch.arange(nnz, device=self.device) - first[row_of] + starts[row_of]
-        out[row_of, self.indices[offset]] = self.data[offset]
-        return out
+        cols, vals = self.indices[offset], self.data[offset]
+        out[row_of, cols] = vals
+        return out, (row_of, cols, vals)
+
+    def dense(self, rows: torch.Tensor) -> torch.Tensor:
+        """Dense float32 block of the given rows."""
+        return self.cut(rows)[0]
 
 
 class MultiModalBatches:
@@ -57,11 +61,13 @@ class MultiModalBatches:
         self.n_cells = sizes.pop()
         self.device = torch.device(device)
 
-    def batch(self, rows: torch.Tensor) -> tuple[dict, dict]:
-        """Dense counts and library sizes of ``rows`` for every modality."""
-        xs = {n: m.dense(rows) for n, m in self.mods.items()}
+    def batch(self, rows: torch.Tensor) -> tuple[dict, dict, dict]:
+        """Dense counts, library sizes and non-zero entries of ``rows`` for every modality."""
+        cuts = {n: m.cut(rows) for n, m in self.mods.items()}
+        xs = {n: c[0] for n, c in cuts.items()}
+        nonzeros = {n: c[1] for n, c in cuts.items()}
         libs = {n: m.library[rows] for n, m in self.mods.items()}
-        return xs, libs
+        return xs, libs, nonzeros
 
     def epoch(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
               drop_last: bool = True):

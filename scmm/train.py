@@ -68,8 +68,9 @@ def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
     ``compile="auto"`` compiles on CUDA only (on the CPU here eager measured as
     fast); any failure to compile falls back to eager with a logged warning.
     """
-    def eager(model, xs, libs, beta):
-        return objective.loss(model, xs, libs, beta, cfg.objective, cfg.k_samples, cfg.log_input)
+    def eager(model, xs, libs, nonzeros, beta):
+        return objective.loss(model, xs, libs, beta, cfg.objective, cfg.k_samples, cfg.log_input,
+                              nonzeros)
 
     want = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
     if not want:
@@ -81,16 +82,25 @@ def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
         return eager
     state = {"fn": compiled}
 
-    def with_fallback(model, xs, libs, beta):
+    def with_fallback(model, xs, libs, nonzeros, beta):
         try:
-            return state["fn"](model, xs, libs, beta)
+            return state["fn"](model, xs, libs, nonzeros, beta)
         except Exception as err:  # compilation errors surface on the first call
             if state["fn"] is eager:
                 raise
             log.warning("compiled step failed (%s); falling back to eager", err)
             state["fn"] = eager
-            return eager(model, xs, libs, beta)
+            return eager(model, xs, libs, nonzeros, beta)
     return with_fallback
+
+
+def make_optimiser(model: MMVAE, lr: float) -> torch.optim.Optimizer:
+    """Adam with AMSGrad; the fused kernel where this torch build has it (one pass over all
+    parameters instead of several per tensor), else the default implementation."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
 
 
 @torch.no_grad()
@@ -99,9 +109,9 @@ def evaluate(model: MMVAE, batches: MultiModalBatches, cfg: TrainConfig, batch_s
     model.eval()
     total, n = 0.0, 0
     for rows in batches.epoch(batch_size, shuffle=False, drop_last=False):
-        xs, libs = batches.batch(rows)
+        xs, libs, nonzeros = batches.batch(rows)
         total += float(objective.loss(model, xs, libs, 1.0, cfg.objective, cfg.k_samples,
-                                      cfg.log_input)) * len(rows)
+                                      cfg.log_input, nonzeros)) * len(rows)
         n += len(rows)
     model.train()
     return total / max(n, 1)
@@ -134,7 +144,7 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     shuffler = torch.Generator().manual_seed(cfg.seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, amsgrad=True)
+    optimiser = make_optimiser(model, cfg.lr)
     loss_fn = make_loss_fn(cfg, device)
     history: list[dict] = []
     best = {"loss": float("inf"), "epoch": None, "state": None}
@@ -161,8 +171,8 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
             for rows in train.epoch(cfg.batch_size, shuffler):
                 if should_stop is not None and should_stop():
                     raise TrainingCancelled
-                xs, libs = train.batch(rows)
-                loss = loss_fn(model, xs, libs, beta)
+                xs, libs, nonzeros = train.batch(rows)
+                loss = loss_fn(model, xs, libs, nonzeros, beta)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:

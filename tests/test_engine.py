@@ -237,3 +237,20 @@ def test_model_rejects_unprepared_or_unknown_input():
         scmm.SCMM(raw, modalities={"rna": "nb", "adt": "nb"})
     with pytest.raises(ValueError, match="likelihood"):
         scmm.SCMM(raw, modalities={"rna": "poisson", "prot": "nb"})
+
+
+def test_sparse_count_terms_match_dense_path(trained, demo):
+    from scmm.batches import MultiModalBatches
+    model = trained.module
+    model.eval()
+    batches = MultiModalBatches({n: demo[n].X for n in model.names})
+    xs, libs, nonzeros = batches.batch(torch.arange(10, 60))
+    results = []
+    for nz in (nonzeros, None):
+        torch.manual_seed(5)
+        value = objective.loss(model, xs, libs, 0.7, nonzeros=nz)
+        grads = torch.autograd.grad(value, [model.decoders["rna"].raw_theta, model.prior_logits])
+        results.append((value, grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-3)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -45,10 +45,23 @@ def count_terms(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     )
 
 
+def count_terms_per_cell(nonzeros: tuple, theta: torch.Tensor, n_cells: int) -> torch.Tensor:
+    """:func:`count_terms` summed over features, from the batch's non-zero entries only.
+
+    For a zero count ``lgamma(theta) - lgamma(theta) - lgamma(1) = 0``, so only
+    the non-zeros contribute besides ``sum_f theta_f log theta_f``.
+    """
+    rows, cols, vals = nonzeros
+    t = theta[cols]
+    per_entry = torch.lgamma(vals + t) - torch.lgamma(t) - torch.lgamma(vals + 1.0)
+    per_cell = torch.zeros(n_cells, device=theta.device, dtype=theta.dtype).index_add(
+        0, rows, per_entry.to(theta.dtype))
+    return per_cell + (theta * torch.log(theta + EPS)).sum()
+
+
 def nb_mean_terms(x: torch.Tensor, log_mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Mean-dependent part of the NB log density: ``x log mu - (theta + x) log(theta + mu)``."""
-    log_theta_mu = torch.logaddexp(torch.log(theta + EPS), log_mu)
-    return x * log_mu - (theta + x) * log_theta_mu
+    return x * log_mu - (theta + x) * torch.log(theta + torch.exp(log_mu))
 
 
 def nb_log_prob(x, mu, theta) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """Training objectives of scMM: the stratified mixture ELBO (default), its
 K-sample importance-weighted form, and the authors' code's "naive" objective.
 
-All take dense count batches ``xs[name]`` (cells x features, float) and the
-cells' library sizes ``libs[name]`` and return the loss averaged over cells.
+All take dense count batches ``xs[name]`` (cells x features, float), the
+cells' library sizes ``libs[name]`` and optionally the batch's non-zero
+entries ``nonzeros[name]`` (``(row, column, value)``, as cut by
+:class:`scmm.batches.CSRRows`), which make the count-only NB terms cost one
+pass over the non-zeros; they return the loss averaged over cells.
 """
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import math
 
 import torch
 
-from .distributions import (count_terms, laplace_kl, laplace_log_prob, laplace_rsample,
-                            nb_mean_terms, zinb_from_nb)
+from .distributions import (count_terms, count_terms_per_cell, laplace_kl, laplace_log_prob,
+                            laplace_rsample, nb_mean_terms, zinb_from_nb)
 from .mmvae import MMVAE
 
 OBJECTIVES = ("stratified", "naive")
@@ -29,7 +32,8 @@ def encode_all(model: MMVAE, xs: dict, libs: dict, log_input: bool = True):
     return [model.encode(n, normalise(xs[n], libs[n], log_input)) for n in model.names]
 
 
-def reconstruction_log_lik(model: MMVAE, z: torch.Tensor, xs: dict, libs: dict) -> torch.Tensor:
+def reconstruction_log_lik(model: MMVAE, z: torch.Tensor, xs: dict, libs: dict,
+                           nonzeros: dict | None = None) -> torch.Tensor:
     """log p(x_1..M | z) summed over modalities and features.
 
     ``z`` has shape (S, B, D) for S latent samples of the B cells in the batch;
@@ -43,8 +47,11 @@ def reconstruction_log_lik(model: MMVAE, z: torch.Tensor, xs: dict, libs: dict) 
         log_prop, gate = model.decoders[spec.name](z.reshape(s * b, d))
         theta = model.decoders[spec.name].theta
         log_mu = log_prop.reshape(s, b, -1) + torch.log(lib).reshape(1, b, 1)
-        fixed = count_terms(x, theta)                      # once per batch, not per sample
-        logp = fixed + nb_mean_terms(x, log_mu, theta)
+        if gate is None and nonzeros is not None:
+            fixed = count_terms_per_cell(nonzeros[spec.name], theta, b)   # once per batch
+            total = total + fixed + nb_mean_terms(x, log_mu, theta).sum(-1)
+            continue
+        logp = count_terms(x, theta) + nb_mean_terms(x, log_mu, theta)
         if gate is not None:
             logp = zinb_from_nb(logp, x, log_mu, theta, gate.reshape(s, b, -1))
         total = total + logp.sum(-1)
@@ -58,7 +65,7 @@ def mixture_log_q(model: MMVAE, z: torch.Tensor, posteriors) -> torch.Tensor:
 
 
 def stratified_elbo(model: MMVAE, xs: dict, libs: dict, beta: float = 1.0, k_samples: int = 1,
-                    log_input: bool = True) -> torch.Tensor:
+                    log_input: bool = True, nonzeros: dict | None = None) -> torch.Tensor:
     """Per-cell stratified mixture ELBO (paper eq. 3); IWAE bound when ``k_samples > 1``.
 
     Returns a tensor of shape (B,).
@@ -69,7 +76,7 @@ def stratified_elbo(model: MMVAE, xs: dict, libs: dict, beta: float = 1.0, k_sam
     z = torch.stack([torch.stack([laplace_rsample(loc, scale) for _ in range(k_samples)])
                      for loc, scale in posteriors])
     b, d = z.shape[2], z.shape[3]
-    log_lik = reconstruction_log_lik(model, z.reshape(m * k_samples, b, d), xs, libs)
+    log_lik = reconstruction_log_lik(model, z.reshape(m * k_samples, b, d), xs, libs, nonzeros)
     log_lik = log_lik.reshape(m, k_samples, b)
     log_prior = laplace_log_prob(z, torch.zeros_like(z), model.prior_scale()).sum(-1)
     log_w = log_lik + beta * (log_prior - mixture_log_q(model, z, posteriors))
@@ -79,11 +86,11 @@ def stratified_elbo(model: MMVAE, xs: dict, libs: dict, beta: float = 1.0, k_sam
 
 
 def naive_elbo(model: MMVAE, xs: dict, libs: dict, beta: float = 1.0,
-               log_input: bool = True) -> torch.Tensor:
+               log_input: bool = True, nonzeros: dict | None = None) -> torch.Tensor:
     """The authors' code's objective: (1/M) sum_m [log p(x_1..M | z_m) - beta KL(q_m || p)]."""
     posteriors = encode_all(model, xs, libs, log_input)
     z = torch.stack([laplace_rsample(loc, scale) for loc, scale in posteriors])
-    log_lik = reconstruction_log_lik(model, z, xs, libs)
+    log_lik = reconstruction_log_lik(model, z, xs, libs, nonzeros)
     prior_scale = model.prior_scale()
     kl = torch.stack([laplace_kl(loc, scale, torch.zeros_like(loc), prior_scale).sum(-1)
                       for loc, scale in posteriors])
@@ -91,12 +98,12 @@ def naive_elbo(model: MMVAE, xs: dict, libs: dict, beta: float = 1.0,
 
 
 def loss(model: MMVAE, xs: dict, libs: dict, beta: float, objective: str = "stratified",
-         k_samples: int = 1, log_input: bool = True) -> torch.Tensor:
+         k_samples: int = 1, log_input: bool = True, nonzeros: dict | None = None) -> torch.Tensor:
     """Negative ELBO averaged over the cells of the batch."""
     if objective == "stratified":
-        elbo = stratified_elbo(model, xs, libs, beta, k_samples, log_input)
+        elbo = stratified_elbo(model, xs, libs, beta, k_samples, log_input, nonzeros)
     elif objective == "naive":
-        elbo = naive_elbo(model, xs, libs, beta, log_input)
+        elbo = naive_elbo(model, xs, libs, beta, log_input, nonzeros)
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
     return -elbo.mean()

@@ -1,6 +1,226 @@
-"""Command-line subcommands of the analyses in :mod:`scmm.tl`."""
+"""Command-line subcommands of the analyses in :mod:`scmm.tl`:
+``scmm analyze | cluster | umap | traverse | heatmap | export | gene-activity``."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _load(run, device=None):
+    from ..api import SCMM
+    model = SCMM.load(run, device=device)
+    if model.mdata is None:
+        raise FileNotFoundError(f"{run} has no results.h5mu: train and save the run first")
+    if "X_scmm" not in model.mdata.obsm:
+        model.get_latent()
+    return model
+
+
+def cmd_analyze(args) -> int:
+    from .analyze import analyze
+
+    def report(step, message):
+        if not args.quiet:
+            print(f"[{step}] {message}", file=sys.stderr)
+
+    summary = analyze(args.run, resolution=args.resolution, k=args.k, method=args.method,
+                      seed=args.seed, n_markers=args.n_markers, umap=not args.no_umap,
+                      progress=report, device=args.device)
+    print(f"{summary['n_clusters']} clusters on {summary['n_cells']} cells; "
+          f"analysis saved in {args.run}")
+    for row in summary["similarity"]:
+        print(f"  heatmap {row['target']} from {row['source']} ({row['kind']}): "
+              f"r = {row['pearson_r']:.3f}")
+    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+    return 0
+
+
+def cmd_cluster(args) -> int:
+    from .analyze import write_results
+    from .cluster import cluster
+    model = _load(args.run, args.device)
+    labels = cluster(model.mdata, use_rep=args.use_rep, k=args.k, resolution=args.resolution,
+                     method=args.method, seed=args.seed)
+    write_results(model.mdata, args.run)
+    sizes = labels.value_counts(sort=False)
+    print(f"{len(sizes)} clusters: " + ", ".join(f"{c}: {n}" for c, n in sizes.items()))
+    if args.csv:
+        labels.rename_axis("cell").to_csv(args.csv)
+        print(f"labels written to {args.csv}")
+    return 0
+
+
+def cmd_umap(args) -> int:
+    from .analyze import write_results
+    from .embed import umap
+    model = _load(args.run, args.device)
+    out = umap(model.mdata, keys=args.key, seed=args.seed, n_neighbors=args.n_neighbors,
+               min_dist=args.min_dist, run_dir=args.run)
+    write_results(model.mdata, args.run)
+    print("UMAP: " + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
+    return 0
+
+
+def cmd_traverse(args) -> int:
+    import pandas as pd
+
+    from .export import associated_table
+    from .traversal import traverse
+    from ..api import SCMM
+    model = SCMM.load(args.run, device=args.device)
+    trav = traverse(model, run_dir=args.run, library=args.library)
+    modalities = [args.modality] if args.modality else trav.modalities
+    for m in modalities:
+        if m not in trav.modalities:
+            raise KeyError(f"unknown modality {m!r}; the run has {trav.modalities}")
+    dims = [args.dim] if args.dim is not None else list(range(trav.n_dims))
+    for d in dims:
+        if not 0 <= d < trav.n_dims:
+            raise ValueError(f"--dim must be in 0..{trav.n_dims - 1}")
+    frames = []
+    for m in modalities:
+        for d in dims:
+            table = trav.associated(d, m, pvalue=args.pvalue, n=args.n)
+            table.insert(0, "modality", m)
+            table.insert(0, "dim", d)
+            frames.append(table)
+    table = pd.concat(frames, ignore_index=True) if frames else associated_table(trav).iloc[:0]
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.csv, index=False)
+        print(f"{len(table)} associated features written to {args.csv}")
+    else:
+        shown = table.groupby(["dim", "modality"], sort=False).head(args.show)
+        with pd.option_context("display.width", 120, "display.max_rows", 500):
+            print(shown[["dim", "modality", "feature", "rho", "pvalue", "log2_fc", "direction"]]
+                  .to_string(index=False))
+    return 0
+
+
+def cmd_heatmap(args) -> int:
+    from .export import export_heatmap
+    from .heatmap import heatmap_tables
+    model = _load(args.run, args.device)
+    if args.groupby not in model.mdata.obs:
+        raise KeyError(f"obs[{args.groupby!r}] not found: run `scmm cluster {args.run}` first")
+    tables = heatmap_tables(model, groupby=args.groupby, n_markers=args.n_markers)
+    out = Path(args.out) if args.out else Path(args.run) / "analysis"
+    paths = export_heatmap(tables, out)
+    print(tables["similarity"].to_string(index=False))
+    print(f"{len(paths)} tables written to {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_all
+    written = export_all(args.run, args.out, format=args.format, pvalue=args.pvalue,
+                         figures=not args.no_figures)
+    print(f"{len(written['tables'])} tables and {len(written['figures'])} figures written to {args.out}")
+    return 0
+
+
+def cmd_gene_activity(args) -> int:
+    from .gene_activity import gene_activity
+    path = Path(args.data)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix == ".h5ad":
+        import anndata
+        data = anndata.read_h5ad(path)
+    else:
+        import mudata
+        data = mudata.read_h5mu(path)
+    if hasattr(data, "mod") and args.modality:
+        if args.modality not in data.mod:
+            raise KeyError(f"modality {args.modality!r} not in {list(data.mod)}")
+        data = data.mod[args.modality]
+    out = gene_activity(data, args.genes, upstream=args.upstream, drop_empty=args.drop_empty)
+    target = Path(args.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".csv":
+        import pandas as pd
+        pd.DataFrame(out.X.toarray(), index=out.obs_names, columns=out.var_names).to_csv(target)
+    else:
+        out.write_h5ad(target)
+    print(f"gene activity of {out.n_vars} genes ({int((out.var['n_peaks'] > 0).sum())} with peaks) "
+          f"for {out.n_obs} cells -> {target}")
+    return 0
 
 
 def add_subcommands(sub) -> None:
     """Register the analysis subcommands on the ``scmm`` parser's subparsers."""
+    p = sub.add_parser("analyze", help="cluster, UMAP, traversal and heatmap tables of a run, saved in it")
+    p.add_argument("run", help="run folder (from scmm train)")
+    p.add_argument("--resolution", type=float, default=1.0, help="clustering resolution (default 1)")
+    p.add_argument("--k", type=int, default=None, help="neighbours (default 20; 15 with ATAC)")
+    p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
+    p.add_argument("--n-markers", type=int, default=5, help="marker features per cluster in the heatmaps")
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAPs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no step messages")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("cluster", help="PhenoGraph clusters of a run's joint latent -> obs['scmm_cluster']")
+    p.add_argument("run")
+    p.add_argument("--use-rep", default="X_scmm", help="latent in obsm (default X_scmm, the joint)")
+    p.add_argument("--k", type=int, default=None, help="neighbours (default 20; 15 with ATAC)")
+    p.add_argument("--resolution", type=float, default=1.0)
+    p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", default=None, help="also write the labels to this CSV")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("umap", help="UMAP of each latent of a run (cached in RUN/umap.npz)")
+    p.add_argument("run")
+    p.add_argument("--key", action="append", default=None,
+                   help="latent key, e.g. X_scmm (repeatable; default all X_scmm*)")
+    p.add_argument("--n-neighbors", type=int, default=15)
+    p.add_argument("--min-dist", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_umap)
+
+    p = sub.add_parser("traverse", help="features associated with each latent dimension "
+                                        "(latent traversal, cached in RUN/traversal.npz)")
+    p.add_argument("run")
+    p.add_argument("--dim", type=int, default=None, help="dimension, 0-based (default all)")
+    p.add_argument("--modality", default=None, help="modality (default all)")
+    p.add_argument("--pvalue", type=float, default=None,
+                   help="Spearman p-value threshold (default by kind: RNA 1e-12, protein 1e-3, ATAC 1e-21)")
+    p.add_argument("--n", type=int, default=None, help="keep the top N per dimension and modality")
+    p.add_argument("--library", type=float, default=None,
+                   help="library size of the pseudocells (default: training median per modality)")
+    p.add_argument("--show", type=int, default=10, help="rows printed per dimension (without --csv)")
+    p.add_argument("--csv", default=None, help="write the full table to this CSV instead of printing")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_traverse)
+
+    p = sub.add_parser("heatmap", help="cluster x feature tables: original, reconstructed, cross-modal")
+    p.add_argument("run")
+    p.add_argument("--groupby", default="scmm_cluster", help="obs column of the groups")
+    p.add_argument("--n-markers", type=int, default=5, help="marker features per cluster")
+    p.add_argument("--out", default=None, help="folder for the CSVs (default RUN/analysis)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_heatmap)
+
+    p = sub.add_parser("export", help="every table (CSV) and figure of a run into a folder")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help="figure format")
+    p.add_argument("--pvalue", type=float, default=None, help="traversal p-value threshold")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("gene-activity",
+                       help="ATAC peak counts within 2 kb upstream of each gene's TSS (cells x genes)")
+    p.add_argument("data", help="ATAC counts: .h5mu (its ATAC modality) or .h5ad; peaks named "
+                                "chr_start_end or chr:start-end")
+    p.add_argument("--genes", required=True,
+                   help="GTF (gene records, gene_name) or TSV with columns gene, chrom, start, end, strand")
+    p.add_argument("--out", required=True, help=".h5ad or .csv")
+    p.add_argument("--modality", default=None, help="modality of a .h5mu (default: the ATAC one)")
+    p.add_argument("--upstream", type=int, default=2000, help="bp upstream of the TSS (default 2000)")
+    p.add_argument("--drop-empty", action="store_true", help="drop genes without any peak")
+    p.set_defaults(func=cmd_gene_activity)

@@ -1,0 +1,190 @@
+"""Every analysis table to CSV, and the figures to PNG/SVG/PDF, one call each."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _out_dir(out) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def associated_table(trav, pvalue=None, n: int | None = None) -> pd.DataFrame:
+    """All dimensions' associated features in one long table (columns dim, modality, ...).
+
+    ``pvalue``: a number, ``{modality: number}`` or None (the traversal's defaults).
+    """
+    frames = []
+    for m in trav.modalities:
+        threshold = pvalue.get(m) if isinstance(pvalue, dict) else pvalue
+        for d in range(trav.n_dims):
+            table = trav.associated(d, m, pvalue=threshold, n=n)
+            table.insert(0, "modality", m)
+            table.insert(0, "dim", d)
+            table.insert(2, "rank", np.arange(1, len(table) + 1))
+            frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def export_associated(trav, out, pvalue=None, n: int | None = None) -> list[Path]:
+    """Write ``associated_dim<d>_<modality>.csv`` for every dimension and modality, and
+    ``associated_all.csv`` (all in one long table) into folder ``out``; returns the paths."""
+    out = _out_dir(out)
+    table = associated_table(trav, pvalue=pvalue, n=n)
+    paths = [out / "associated_all.csv"]
+    table.to_csv(paths[0], index=False)
+    for (d, m), part in table.groupby(["dim", "modality"], sort=True):
+        path = out / f"associated_dim{d}_{m}.csv"
+        part.drop(columns=["dim", "modality"]).to_csv(path, index=False)
+        paths.append(path)
+    for m in trav.modalities:  # dims without any associated feature still get a (header-only) file
+        for d in range(trav.n_dims):
+            path = out / f"associated_dim{d}_{m}.csv"
+            if path not in paths:
+                table.iloc[:0].drop(columns=["dim", "modality"]).to_csv(path, index=False)
+                paths.append(path)
+    summary = out / "associated_summary.csv"
+    trav.summary(pvalue if isinstance(pvalue, dict) else
+                 ({m: pvalue for m in trav.modalities} if pvalue is not None else None)
+                 ).to_csv(summary, index=False)
+    return paths + [summary]
+
+
+def export_markers(mdata, out, modalities=None, groupby: str = "scmm_cluster", n: int = 10) -> Path:
+    """Write ``markers.csv``: top ``n`` Wilcoxon markers per cluster for each modality."""
+    from .heatmap import markers
+    out = _out_dir(out)
+    frames = []
+    for m in (modalities or list(mdata.mod)):
+        table = markers(mdata, m, groupby=groupby, n=n)
+        table.insert(0, "modality", m)
+        frames.append(table)
+    path = out / "markers.csv"
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+def export_heatmap(tables: dict, out) -> list[Path]:
+    """Write each table of :func:`scmm.tl.heatmap_tables` as ``heatmap_<target>_<kind>.csv``
+    (and ``heatmap_similarity.csv``)."""
+    out = _out_dir(out)
+    paths = []
+    for key, table in tables.items():
+        if key == "similarity":
+            path = out / "heatmap_similarity.csv"
+            table.to_csv(path, index=False)
+        else:
+            target, kind = key.split("|", 1)
+            path = out / f"heatmap_{target}_{kind}.csv"
+            table.to_csv(path)
+        paths.append(path)
+    return paths
+
+
+def export_metrics(table: pd.DataFrame, path) -> Path:
+    """Write a metrics table (e.g. :func:`scmm.tl.query_metrics`) to CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def latent_table(mdata) -> pd.DataFrame:
+    """Cells x (obs columns, every scMM latent and UMAP): ``scmm_1..D``, ``scmm_rna_1..``,
+    ``umap_scmm_1, umap_scmm_2``..."""
+    keys = [k for k in mdata.obsm if k.startswith(("X_scmm", "X_umap_scmm"))]
+    keys.sort(key=lambda k: (k.startswith("X_umap"), k != "X_scmm" and k != "X_umap_scmm", k))
+    if not keys:
+        raise KeyError("no scMM latent in obsm: call model.get_latent() first")
+    parts = [mdata.obs.copy()]
+    for key in keys:
+        values = np.asarray(mdata.obsm[key])
+        parts.append(pd.DataFrame(values, index=mdata.obs_names,
+                                  columns=[f"{key[2:]}_{i + 1}" for i in range(values.shape[1])]))
+    table = pd.concat(parts, axis=1)
+    table.index.name = "cell"
+    return table
+
+
+def export_latents(mdata, path) -> Path:
+    """Write latents, UMAPs and cell metadata (clusters included) to one CSV, one row per cell."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    latent_table(mdata).to_csv(path)
+    return path
+
+
+def export_figures(out, mdata=None, trav=None, tables: dict | None = None, format: str = "png",
+                   n: int = 20) -> list[Path]:
+    """UMAPs (one per latent, coloured by cluster), traversal bar charts (every dimension and
+    modality) and heatmaps (every table), as ``.<format>`` files in ``out``."""
+    from .. import pl
+    fmt = "." + format.lower().lstrip(".")
+    if fmt not in pl.FORMATS:
+        raise ValueError(f"format must be one of png, svg, pdf, not {format!r}")
+    out = _out_dir(out)
+    paths = []
+    if mdata is not None:
+        color = "scmm_cluster" if "scmm_cluster" in mdata.obs else None
+        for key in [k for k in mdata.obsm if k.startswith("X_umap_scmm")]:
+            paths.append(pl.save_figure(pl.umap(mdata, key=key, color=color),
+                                        out / f"{key[2:]}{fmt}"))
+    if trav is not None:
+        for m in trav.modalities:
+            for d in range(trav.n_dims):
+                paths.append(pl.save_figure(pl.traversal(trav, d, m, n=n),
+                                            out / f"traversal_dim{d}_{m}{fmt}"))
+    for key, table in (tables or {}).items():
+        if key == "similarity":
+            continue
+        target, kind = key.split("|", 1)
+        paths.append(pl.save_figure(pl.heatmap(table, title=f"{target}: {kind.replace('_', ' ')}"),
+                                    out / f"heatmap_{target}_{kind}{fmt}"))
+    return paths
+
+
+def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = True) -> dict:
+    """Every table (CSV) and figure of a run folder into ``out``; missing analyses are computed.
+
+    Runs :func:`scmm.tl.analyze` first if the run has no clusters/UMAP yet (it
+    saves into the run folder), then writes latents.csv, markers.csv,
+    associated_*.csv, heatmap_*.csv, metrics.csv and the figures.  Returns
+    ``{"tables": [...], "figures": [...]}`` (paths).
+    """
+    from .analyze import analyze, load_heatmap_tables
+    from .metrics import query_metrics
+    from .traversal import traverse
+    from ..api import SCMM
+    run_dir = Path(run_dir)
+    model = SCMM.load(run_dir)
+    if model.mdata is None:
+        raise FileNotFoundError(f"{run_dir} has no results.h5mu: train and save the run first")
+    mdata = model.mdata
+    if "scmm_cluster" not in mdata.obs or "X_umap_scmm" not in mdata.obsm \
+            or load_heatmap_tables(run_dir) is None:
+        analyze(run_dir)
+        model = SCMM.load(run_dir)
+        mdata = model.mdata
+    out = _out_dir(out)
+    trav = traverse(model, run_dir=run_dir)
+    tables = load_heatmap_tables(run_dir)
+    written = [export_latents(mdata, out / "latents.csv")]
+    saved_markers = run_dir / "analysis" / "markers.csv"
+    if saved_markers.exists():
+        shutil.copyfile(saved_markers, out / "markers.csv")
+        written.append(out / "markers.csv")
+    else:
+        written.append(export_markers(mdata, out, modalities=model.names))
+    written += export_associated(trav, out, pvalue=pvalue)
+    written += export_heatmap(tables, out)
+    if "scmm_split" in mdata.obs and (mdata.obs["scmm_split"] == "test").sum() >= 2:
+        frames = [query_metrics(model, target=t, source=s)
+                  for s in model.names for t in model.names if s != t]
+        written.append(export_metrics(pd.concat(frames, ignore_index=True), out / "metrics.csv"))
+    figs = export_figures(out / "figures", mdata, trav, tables, format=format) if figures else []
+    return {"tables": written, "figures": figs}
