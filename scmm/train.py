@@ -63,10 +63,13 @@ def kl_weight(epoch: int, warmup: int) -> float:
 
 
 def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
-    """The loss function, compiled with ``torch.compile`` where asked and possible.
+    """The loss function of a step, compiled with ``torch.compile`` where asked and possible.
 
-    ``compile="auto"`` compiles on CUDA only (on the CPU here eager measured as
-    fast); any failure to compile falls back to eager with a logged warning.
+    ``compile="auto"`` compiles on CUDA only.  The compiled step sees static
+    shapes only: the count terms are taken from the dense batch (the sparse
+    non-zeros vary in length from batch to batch) and beta is passed as a
+    tensor so that the warm-up does not trigger recompilation.  Any failure to
+    compile falls back to the eager step with a logged warning.
     """
     def eager(model, xs, libs, nonzeros, beta):
         return objective.loss(model, xs, libs, beta, cfg.objective, cfg.k_samples, cfg.log_input,
@@ -80,18 +83,17 @@ def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
     except Exception as err:  # torch.compile unavailable on this platform
         log.warning("torch.compile unavailable (%s); training eagerly", err)
         return eager
-    state = {"fn": compiled}
+    state = {"compiled": True}
 
-    def with_fallback(model, xs, libs, nonzeros, beta):
-        try:
-            return state["fn"](model, xs, libs, nonzeros, beta)
-        except Exception as err:  # compilation errors surface on the first call
-            if state["fn"] is eager:
-                raise
-            log.warning("compiled step failed (%s); falling back to eager", err)
-            state["fn"] = eager
-            return eager(model, xs, libs, nonzeros, beta)
-    return with_fallback
+    def step(model, xs, libs, nonzeros, beta):
+        if state["compiled"]:
+            try:
+                return compiled(model, xs, libs, None, torch.tensor(beta, device=device))
+            except Exception as err:  # compilation errors surface on the first call
+                log.warning("compiled step failed (%s); falling back to eager", err)
+                state["compiled"] = False
+        return eager(model, xs, libs, nonzeros, beta)
+    return step
 
 
 def make_optimiser(model: MMVAE, lr: float) -> torch.optim.Optimizer:

@@ -254,3 +254,15 @@ def test_sparse_count_terms_match_dense_path(trained, demo):
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-3)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_failed_compilation_falls_back_to_eager(demo, monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("no compiler here")
+        return call
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = scmm.SCMM(demo, device="cpu")
+    result = model.train(epochs=1, batch_size=64, compile=True, progress=False)
+    assert result["status"] == "completed" and np.isfinite(result["history"][0]["train_loss"])
+    assert "falling back to eager" in caplog.text
