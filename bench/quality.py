@@ -99,8 +99,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     results = []
     if args.dataset in ("cite", "both"):
         results.append(bench_cite(args))

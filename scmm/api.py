@@ -91,7 +91,8 @@ class SCMM:
         self.device = pick_device(device)
         torch.manual_seed(seed)
         self.module = MMVAE(self.specs, latent_dim, posterior_scale).to(self.device)
-        self.train_settings = {k: settings[k] for k in ("lr", "epochs", "warmup", "patience", "batch_size")}
+        self.train_settings = {k: settings[k] for k in
+                               ("lr", "epochs", "warmup", "patience", "batch_size", "min_steps")}
         self.history: list[dict] = []
         self.status = "untrained"
         self.median_library = {}
@@ -128,7 +129,8 @@ class SCMM:
               checkpoint: str | Path | None = None, resume: bool = False) -> dict:
         """Train on the 'train' cells, early-stopping on the 'test' cells.
 
-        Unset settings come from the preset.  ``callback(record)`` receives each
+        Unset settings come from the preset; unset ``epochs`` are the preset's,
+        raised where needed to make the preset's ``min_steps`` optimiser steps.  ``callback(record)`` receives each
         epoch's losses; ``should_stop()`` cancels; ``checkpoint`` (a file) makes
         the run resumable with ``resume=True``.  Returns ``{"history",
         "best_epoch", "status"}``.
@@ -138,6 +140,7 @@ class SCMM:
         given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup,
                  "patience": patience}
         settings = {k: (v if v is not None else self.train_settings[k]) for k, v in given.items()}
+        settings["epochs"] = epochs or self.planned_epochs(settings["batch_size"])
         cfg = TrainConfig(**settings, seed=seed, objective=objective, k_samples=k_samples,
                           log_input=self.log_input, grad_clip=grad_clip, compile=compile)
         torch.manual_seed(seed)
@@ -148,6 +151,12 @@ class SCMM:
         self.train_config = cfg.to_dict()
         self.history, self.status = result["history"], result["status"]
         return result
+
+    def planned_epochs(self, batch_size: int | None = None) -> int:
+        """Epochs that :meth:`train` runs when ``epochs`` is not given (see :mod:`scmm.presets`)."""
+        n_train = int((self.mdata.obs[SPLIT_KEY] == "train").sum())
+        return presets_mod.epochs_for(self.train_settings, n_train,
+                                      batch_size or self.train_settings["batch_size"])
 
     # ------------------------------------------------------------ inference
     def _counts_and_library(self, source, modality: str):

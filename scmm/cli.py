@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
     likelihoods = dict(item.split("=", 1) for item in args.likelihood) if args.likelihood else None
     model = scmm.SCMM(mdata, modalities=likelihoods, preset=args.preset, latent_dim=args.latent_dim,
                       device=args.device)
-    epochs = args.epochs or model.train_settings["epochs"]
+    epochs = args.epochs or model.planned_epochs(args.batch_size)
     progress = ProgressFile(args.progress_file, epochs)
     cancel_file = Path(args.cancel_file) if args.cancel_file else None
     stop = {"now": False}

@@ -266,3 +266,11 @@ def test_failed_compilation_falls_back_to_eager(demo, monkeypatch, caplog):
     result = model.train(epochs=1, batch_size=64, compile=True, progress=False)
     assert result["status"] == "completed" and np.isfinite(result["history"][0]["train_loss"])
     assert "falling back to eager" in caplog.text
+
+
+def test_epochs_raised_to_min_steps_on_small_data():
+    from scmm.presets import epochs_for, get_preset
+    cite = get_preset("cite")
+    assert epochs_for(cite, n_train=128_000, batch_size=128) == 20       # paper-sized: paper's epochs
+    assert epochs_for(cite, n_train=5_484, batch_size=128) == 96         # 42 steps an epoch
+    assert epochs_for({"epochs": 5}, n_train=100, batch_size=500) == 5
