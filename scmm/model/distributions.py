@@ -45,18 +45,33 @@ def count_terms(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     )
 
 
-def count_terms_per_cell(nonzeros: tuple, theta: torch.Tensor, n_cells: int) -> torch.Tensor:
-    """:func:`count_terms` summed over features, from the batch's non-zero entries only.
+def sparse_log_lik(log_mu: torch.Tensor, theta: torch.Tensor, nonzeros: tuple,
+                   gate_logit: torch.Tensor | None = None) -> torch.Tensor:
+    """NB (or ZINB when ``gate_logit`` is given) log density summed over features, per cell.
 
-    For a zero count ``lgamma(theta) - lgamma(theta) - lgamma(1) = 0``, so only
-    the non-zeros contribute besides ``sum_f theta_f log theta_f``.
+    ``log_mu`` and ``gate_logit`` have shape (S, B, F) for S latent samples of
+    B cells; the counts are given only by their non-zero entries
+    ``(row, column, value)``.  The dense work per sample is what a zero count
+    needs (``theta log(theta + mu)`` for NB; the zero-inflated mass for ZINB);
+    everything that involves a count is evaluated at the non-zeros only.
+    Returns shape (S, B).
     """
     rows, cols, vals = nonzeros
+    s, b, _ = log_mu.shape
+    log_theta_mu = torch.log(theta + torch.exp(log_mu))                  # (S, B, F)
+    nz_log_mu, nz_log_theta_mu = log_mu[:, rows, cols], log_theta_mu[:, rows, cols]
     t = theta[cols]
-    per_entry = torch.lgamma(vals + t) - torch.lgamma(t) - torch.lgamma(vals + 1.0)
-    per_cell = torch.zeros(n_cells, device=theta.device, dtype=theta.dtype).index_add(
-        0, rows, per_entry.to(theta.dtype))
-    return per_cell + (theta * torch.log(theta + EPS)).sum()
+    nz_nb = (torch.lgamma(vals + t) - torch.lgamma(t) - torch.lgamma(vals + 1.0)
+             + t * torch.log(t + EPS) + vals * nz_log_mu - (t + vals) * nz_log_theta_mu)  # (S, nnz)
+    if gate_logit is None:
+        zero_case = theta * (torch.log(theta + EPS) - log_theta_mu)      # log NB(0 | mu)
+        nz_value = nz_nb
+    else:
+        nb_zero = theta * (torch.log(theta + EPS) - log_theta_mu)
+        zero_case = F.softplus(-gate_logit + nb_zero) - F.softplus(-gate_logit)
+        nz_value = nz_nb - F.softplus(gate_logit[:, rows, cols])
+    correction = nz_value - zero_case[:, rows, cols]
+    return zero_case.sum(-1) + log_mu.new_zeros(s, b).index_add(1, rows, correction)
 
 
 def nb_mean_terms(x: torch.Tensor, log_mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

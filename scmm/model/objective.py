@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from .distributions import (count_terms, count_terms_per_cell, laplace_kl, laplace_log_prob,
-                            laplace_rsample, nb_mean_terms, zinb_from_nb)
+from .distributions import (count_terms, laplace_kl, laplace_log_prob, laplace_rsample,
+                            nb_mean_terms, sparse_log_lik, zinb_from_nb)
 from .mmvae import MMVAE
 
 OBJECTIVES = ("stratified", "naive")
@@ -37,8 +37,9 @@ def reconstruction_log_lik(model: MMVAE, z: torch.Tensor, xs: dict, libs: dict,
     """log p(x_1..M | z) summed over modalities and features.
 
     ``z`` has shape (S, B, D) for S latent samples of the B cells in the batch;
-    every sample is decoded into every modality in one decoder call.  Terms
-    that depend only on the counts and the dispersion are computed once.
+    every sample is decoded into every modality in one decoder call.  With
+    ``nonzeros`` the terms that involve a count are evaluated at the non-zero
+    counts only (:func:`~scmm.model.distributions.sparse_log_lik`).
     """
     s, b, d = z.shape
     total = z.new_zeros(s, b)
@@ -47,13 +48,13 @@ def reconstruction_log_lik(model: MMVAE, z: torch.Tensor, xs: dict, libs: dict,
         log_prop, gate = model.decoders[spec.name](z.reshape(s * b, d))
         theta = model.decoders[spec.name].theta
         log_mu = log_prop.reshape(s, b, -1) + torch.log(lib).reshape(1, b, 1)
-        if gate is None and nonzeros is not None:
-            fixed = count_terms_per_cell(nonzeros[spec.name], theta, b)   # once per batch
-            total = total + fixed + nb_mean_terms(x, log_mu, theta).sum(-1)
+        gate = gate.reshape(s, b, -1) if gate is not None else None
+        if nonzeros is not None:
+            total = total + sparse_log_lik(log_mu, theta, nonzeros[spec.name], gate)
             continue
         logp = count_terms(x, theta) + nb_mean_terms(x, log_mu, theta)
         if gate is not None:
-            logp = zinb_from_nb(logp, x, log_mu, theta, gate.reshape(s, b, -1))
+            logp = zinb_from_nb(logp, x, log_mu, theta, gate)
         total = total + logp.sum(-1)
     return total
 
