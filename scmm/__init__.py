@@ -6,6 +6,10 @@
     model = scmm.SCMM(mdata, modalities={"rna": "nb", "prot": "nb"})
     model.train()
     model.get_latent()
+
+``scmm.SCMM`` (and with it torch) is imported on first use, so that readers,
+preprocessing and the analyses of cached results can be used by a process
+that must not import torch (the app's server).
 """
 __version__ = "0.1.0"
 
@@ -14,9 +18,15 @@ import mudata as _mudata
 # adopt mudata 0.4 behaviour now: update() does not pull modality obs columns
 _mudata.set_options(pull_on_update=False)
 
-from . import demo
-from .api import SCMM
-from .io import ReadError, read, read_query
-from .preprocess import preprocess
+from . import demo  # noqa: E402
+from .io import ReadError, read, read_query  # noqa: E402
+from .preprocess import preprocess  # noqa: E402
 
 __all__ = ["SCMM", "ReadError", "demo", "preprocess", "read", "read_query", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "SCMM":
+        from .api import SCMM
+        return SCMM
+    raise AttributeError(f"module 'scmm' has no attribute {name!r}")

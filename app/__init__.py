@@ -1,0 +1,1 @@
+"""scMM Explorer: the Dash app (create_app in app.main)."""

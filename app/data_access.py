@@ -1,0 +1,285 @@
+"""Server-side data for the pages: datasets, dataset summaries, and runs' results.
+
+Loaded runs sit in an LRU cache keyed by (run folder, mtime of its results),
+so a re-analysed run is reloaded and nothing large ever goes into a
+``dcc.Store`` (which keeps only run ids and UI state).  Reading uses
+mudata/anndata/numpy only; what needs ``scmm`` (the dataset reader, which
+imports torch) runs in a child process (:mod:`app.worker`).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from app import jobs
+
+DATA_SUFFIXES = (".h5mu", ".h5ad", ".h5")
+CLUSTER_KEY = "scmm_cluster"
+LATENT_KEY = "X_scmm"
+LIBRARY_KEY = "scmm_library"
+#: obs columns written by the library for its own bookkeeping (not offered as colours)
+HIDDEN_OBS = {"scmm_split"}
+
+
+# ------------------------------------------------------------------ datasets
+def list_datasets(data_dir: str | Path) -> list[dict]:
+    """Datasets in ``data_dir``: ``.h5mu`` / ``.h5ad`` / 10x ``.h5`` files and 10x mtx folders.
+
+    Returns ``[{"label", "value"}]`` (value: the absolute path), demo first.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    found = []
+    folders = [data_dir] + ([data_dir / "uploads"] if (data_dir / "uploads").is_dir() else [])
+    for p in sorted(q for folder in folders for q in folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix in DATA_SUFFIXES:
+            found.append(p)
+        elif p.is_dir() and any((p / f).exists() for f in ("matrix.mtx", "matrix.mtx.gz")):
+            found.append(p)
+    found.sort(key=lambda p: (p.stem != "demo", p.name))
+    return [{"label": str(p.relative_to(data_dir)) + (" (built-in demo)" if p.stem == "demo" else ""),
+             "value": str(p.resolve())} for p in found]
+
+
+def _file_key(path: Path) -> str:
+    try:
+        st = path.stat()
+        stamp = f"{st.st_mtime_ns}:{st.st_size}"
+    except OSError:
+        stamp = "missing"
+    return hashlib.sha1(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:16]
+
+
+def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300) -> dict:
+    """The reader's summary of ``path`` (or its error), computed in a child process and cached.
+
+    Returns ``{"ok": True, "summary": {...}, "likelihoods": {...}, "kinds": {...},
+    "obs_columns": [...]}`` or ``{"ok": False, "error": message}``.
+    """
+    path = Path(path)
+    cache = Path(cache_dir) / "summaries" / f"{_file_key(path)}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    proc = subprocess.run([sys.executable, "-m", "app.worker", "summarize", str(path)],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(jobs._ROOT))
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"ok": False, "error": (proc.stderr.strip().splitlines() or ["the reader crashed"])[-1]}
+    if out.get("ok"):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        jobs.write_json_atomic(cache, out)
+    return out
+
+
+# ---------------------------------------------------------------------- runs
+def resolve_run(runs_dir: str | Path, run_id: str | None) -> Path | None:
+    """The folder of run ``run_id`` under ``runs_dir`` (None when absent or outside it)."""
+    if not run_id:
+        return None
+    root = Path(runs_dir).resolve()
+    path = (root / str(run_id)).resolve()
+    if path.parent != root or not jobs.is_run_dir(path):
+        return None
+    return path
+
+
+def results_mtime(run_dir: Path) -> float:
+    """mtime of the run's results file (0 when it has none)."""
+    try:
+        return (Path(run_dir) / jobs.RESULTS_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class RunView:
+    """A trained run's results held in memory for the pages (read-only).
+
+    ``mdata`` is ``results.h5mu``; feature matrices are kept as CSC so that a
+    colour-by-feature is one column slice.
+    """
+
+    def __init__(self, run_dir: Path):
+        import mudata as md
+        md.set_options(pull_on_update=False)
+        self.path = Path(run_dir)
+        self.id = self.path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.mdata = md.read_h5mu(self.path / jobs.RESULTS_FILE)
+        self.config = json.loads((self.path / jobs.CONFIG_FILE).read_text()) \
+            if (self.path / jobs.CONFIG_FILE).exists() else {}
+        self.modalities = list(self.config.get("modalities") or self.mdata.mod)
+        self.cell_ids = np.asarray(self.mdata.obs_names.astype(str))
+        self.n_cells = len(self.cell_ids)
+        self._csc: dict[str, tuple] = {}
+        self._feature_index = {m: {str(v): i for i, v in enumerate(self.mdata.mod[m].var_names)}
+                               for m in self.modalities}
+        self._traversal = None
+
+    # ----------------------------------------------------------- layout
+    def embeddings(self) -> dict[str, tuple[str, tuple[str, str]]]:
+        """``{label: (obsm key, axis names)}``: the joint and per-modality UMAPs.
+
+        When the run is not analysed yet, the first two latent dimensions stand in.
+        """
+        obsm = self.mdata.obsm
+        out = {}
+        for mod in [None] + self.modalities:
+            suffix = "" if mod is None else f"_{mod}"
+            label = "joint" if mod is None else mod
+            umap, latent = f"X_umap_scmm{suffix}", f"{LATENT_KEY}{suffix}"
+            if umap in obsm:
+                out[label] = (umap, ("UMAP1", "UMAP2"))
+            elif latent in obsm:
+                out[label] = (latent, ("z1", "z2"))
+        return out
+
+    def coords(self, key: str) -> np.ndarray:
+        """The first two columns of ``obsm[key]`` as float32."""
+        return np.asarray(self.mdata.obsm[key], dtype=np.float32)[:, :2]
+
+    @property
+    def latent_dim(self) -> int:
+        return int(np.asarray(self.mdata.obsm[LATENT_KEY]).shape[1]) if LATENT_KEY in self.mdata.obsm else 0
+
+    @property
+    def analysed(self) -> bool:
+        return any(k.startswith("X_umap_scmm") for k in self.mdata.obsm)
+
+    # ----------------------------------------------------------- colours
+    def obs_columns(self) -> list[str]:
+        """obs columns offered as colours (cluster first)."""
+        cols = [str(c) for c in self.mdata.obs.columns if c not in HIDDEN_OBS and ":" not in str(c)]
+        return sorted(cols, key=lambda c: (c != CLUSTER_KEY, c))
+
+    def colour_options(self, search: str | None = None, limit: int = 60) -> list[dict]:
+        """Dropdown options for colour-by: obs columns, latent dims, then features matching ``search``.
+
+        Values: ``obs:<col>``, ``z:<dim>`` (0-based joint latent dim) and
+        ``feat:<modality>:<feature>``.  Without a search, the first features of
+        each modality are offered; with one, features containing it.
+        """
+        opts = [{"label": ("cluster" if c == CLUSTER_KEY else c), "value": f"obs:{c}"}
+                for c in self.obs_columns()]
+        opts += [{"label": f"latent z{d + 1}", "value": f"z:{d}"} for d in range(self.latent_dim)]
+        needle = (search or "").lower()
+        for m in self.modalities:
+            names = list(self._feature_index[m])
+            hits = [n for n in names if needle in n.lower()] if needle else names
+            if needle:
+                hits.sort(key=lambda n: (not n.lower().startswith(needle), len(n)))
+            opts += [{"label": f"{m}: {n}", "value": f"feat:{m}:{n}"} for n in hits[:limit]]
+        if needle:
+            opts = [o for o in opts if needle in o["label"].lower()]
+        return opts
+
+    def _matrix(self, modality: str):
+        if modality not in self._csc:
+            adata = self.mdata.mod[modality]
+            X = sp.csc_matrix(adata.X, dtype=np.float32)
+            if LIBRARY_KEY in adata.obs:
+                lib = adata.obs[LIBRARY_KEY].to_numpy(dtype=np.float32)
+            else:
+                lib = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
+            scale = np.divide(1e4, lib, out=np.zeros_like(lib), where=lib > 0)
+            self._csc[modality] = (X, scale)
+        return self._csc[modality]
+
+    def feature_values(self, modality: str, feature: str) -> np.ndarray:
+        """log1p(counts / library x 1e4) of one feature for every cell (float32)."""
+        X, scale = self._matrix(modality)
+        j = self._feature_index[modality][feature]
+        col = X[:, j]
+        out = np.zeros(self.n_cells, dtype=np.float32)
+        out[col.indices] = col.data
+        return np.log1p(out * scale)
+
+    def colour(self, spec: str) -> dict:
+        """Values to colour cells by: ``{"values", "kind", "label", "categories"}``.
+
+        ``spec`` as in :meth:`colour_options`; unknown specs fall back to the cluster
+        (or the first obs column).
+        """
+        kind, _, rest = (spec or "").partition(":")
+        if kind == "feat":
+            mod, _, feat = rest.partition(":")
+            if mod in self._feature_index and feat in self._feature_index[mod]:
+                return {"values": self.feature_values(mod, feat), "kind": "continuous",
+                        "label": f"{mod}:{feat}", "categories": None}
+        if kind == "z" and rest.isdigit() and int(rest) < self.latent_dim:
+            d = int(rest)
+            return {"values": np.asarray(self.mdata.obsm[LATENT_KEY][:, d], dtype=np.float32),
+                    "kind": "continuous", "label": f"z{d + 1}", "categories": None}
+        cols = self.obs_columns()
+        col = rest if kind == "obs" and rest in cols else (cols[0] if cols else None)
+        if col is None:
+            return {"values": np.zeros(self.n_cells, np.float32), "kind": "continuous",
+                    "label": "none", "categories": None}
+        series = self.mdata.obs[col]
+        label = "cluster" if col == CLUSTER_KEY else col
+        if pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.CategoricalDtype) \
+                and series.nunique() > 30:
+            return {"values": series.to_numpy(dtype=np.float32), "kind": "continuous",
+                    "label": label, "categories": None}
+        cat = series.astype("category")
+        cats = [str(c) for c in cat.cat.categories]
+        if all(c.isdigit() for c in cats):
+            order = sorted(range(len(cats)), key=lambda i: int(cats[i]))
+            cat = cat.cat.reorder_categories([cat.cat.categories[i] for i in order])
+            cats = [cats[i] for i in order]
+        return {"values": cat.cat.codes.to_numpy(dtype=np.int32), "kind": "categorical",
+                "label": label, "categories": cats}
+
+    # --------------------------------------------------------- selections
+    def cells_in_polygon(self, key: str, xs, ys) -> np.ndarray:
+        """Indices of cells of embedding ``key`` inside the lasso polygon (xs, ys)."""
+        from matplotlib.path import Path as MplPath
+        poly = MplPath(np.column_stack([xs, ys]))
+        return np.flatnonzero(poly.contains_points(self.coords(key)))
+
+    def cells_in_box(self, key: str, xrange, yrange) -> np.ndarray:
+        """Indices of cells of embedding ``key`` inside a box selection."""
+        xy = self.coords(key)
+        (x0, x1), (y0, y1) = sorted(xrange), sorted(yrange)
+        return np.flatnonzero((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+
+    # ---------------------------------------------------------- analyses
+    def traversal(self):
+        """The run's cached ``scmm.tl`` traversal (None when not computed)."""
+        if self._traversal is None:
+            from app.engine import load_traversal
+            self._traversal = load_traversal(self.path)
+        return self._traversal
+
+    def heatmap_tables(self) -> dict[str, pd.DataFrame]:
+        """Cluster x feature tables written by the analysis (``{name: DataFrame}``)."""
+        from app.engine import load_heatmap_tables
+        return load_heatmap_tables(self.path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(run_dir: str, mtime: float) -> RunView:
+    return RunView(Path(run_dir))
+
+
+def get_run(run_dir: str | Path | None) -> RunView | None:
+    """The cached :class:`RunView` of ``run_dir`` (None when it has no results yet)."""
+    if run_dir is None:
+        return None
+    mtime = results_mtime(Path(run_dir))
+    if not mtime:
+        return None
+    return _load(str(Path(run_dir).resolve()), mtime)

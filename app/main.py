@@ -1,0 +1,228 @@
+"""scMM Explorer: ``create_app()`` and the ``scmm-app`` console script.
+
+    scmm-app --data-dir data --runs-dir runs --port 8050
+
+Pages: Data, Train, Embeddings, Traversal, Generation (``app/pages/*``).  The
+URL carries the page, the run and the page's state (``/embeddings?run=ID&
+color=feat:rna:CD3E``), so any view is a link.  Routing is a plain
+``dcc.Location`` callback rather than ``use_pages`` so that the app is a
+factory: each ``create_app`` (every test) gets its own folders and callbacks.
+
+The server process never imports ``scmm`` (which imports torch); see
+:mod:`app.engine`.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode
+
+import dash
+import dash_bootstrap_components as dbc
+import diskcache
+from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html, no_update
+
+from app import components, data_access, jobs
+from app.pages import data as data_page
+from app.pages import embeddings as embeddings_page
+from app.pages import generation as generation_page
+from app.pages import train as train_page
+from app.pages import traversal as traversal_page
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+DEMO_NAME = "demo.h5mu"
+PAGES = [  # (path, nav label, module)
+    ("/data", "Data", data_page),
+    ("/train", "Train", train_page),
+    ("/embeddings", "Embeddings", embeddings_page),
+    ("/traversal", "Traversal", traversal_page),
+    ("/generation", "Generation", generation_page),
+]
+#: query keys each page keeps in the URL besides ``run``
+PAGE_QUERY = {"/embeddings": ("color", "emb"), "/traversal": ("dim", "mod"),
+              "/generation": ("target",)}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Folders the app reads and writes."""
+    data_dir: Path
+    runs_dir: Path
+    cache_dir: Path
+
+
+def ensure_demo(data_dir: Path, wait: bool = True) -> Path:
+    """Write the built-in demo into ``data_dir`` if missing (``python -m scmm demo``, a child process)."""
+    path = Path(data_dir) / DEMO_NAME
+    if not path.exists():
+        cmd = [sys.executable, "-m", "scmm", "demo", "--out", str(path)]
+        if wait:
+            subprocess.run(cmd, check=True, cwd=str(ROOT), capture_output=True, timeout=600)
+        else:
+            subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path
+
+
+def parse_query(search: str | None) -> dict[str, str]:
+    """``?a=1&b=2`` -> ``{"a": "1", "b": "2"}`` (last value wins)."""
+    return {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items() if v}
+
+
+def run_options(runs_dir: Path) -> list[dict]:
+    """Runs with a saved model for the run picker, newest first."""
+    return [{"label": f"{r['run']}" + ("" if r["analysed"] else " (not analysed)"), "value": r["run"]}
+            for r in jobs.list_runs(runs_dir) if r["has_model"] and r["status"] not in ("failed",)]
+
+
+def default_run(runs_dir: Path) -> str | None:
+    """The newest analysed run, else the newest trained one."""
+    runs = [r for r in jobs.list_runs(runs_dir) if r["has_model"]]
+    analysed = [r for r in runs if r["analysed"]]
+    pick = analysed or runs
+    return pick[0]["run"] if pick else None
+
+
+def navbar() -> dbc.Navbar:
+    """Brand, page links (their hrefs carry the run) and the run picker."""
+    links = [dbc.NavItem(dbc.NavLink(label, id=f"nav-{path.strip('/')}", href=path, active="exact"))
+             for path, label, _ in PAGES]
+    picker = html.Div([html.Span("run", className="text-light small me-2"),
+                       dcc.Dropdown(id="run-select", clearable=False, placeholder="no run yet",
+                                    style={"minWidth": "300px"}, className="run-select")],
+                      className="d-flex align-items-center")
+    return dbc.Navbar(dbc.Container([
+        dbc.NavbarBrand("scMM Explorer", href="/data"),
+        dbc.Nav(links, navbar=True, className="me-auto"), picker], fluid=True),
+        color="dark", dark=True, className="mb-3")
+
+
+def build_layout() -> html.Div:
+    """The shell: URL, navbar, page container and the cross-page stores."""
+    return html.Div([
+        dcc.Location(id="url", refresh="callback-nav"),
+        navbar(),
+        dcc.Store(id="selections", storage_type="session", data={}),
+        dcc.Store(id="page-state", data={}),
+        dcc.Store(id="rendered", data={}),
+        dcc.Interval(id="runs-refresh", interval=5000),
+        dbc.Container(html.Div(id="page"), fluid=True, className="pb-5"),
+    ])
+
+
+def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
+               cache_dir: str | Path | None = None, write_demo: bool = True) -> Dash:
+    """Build the Dash app over ``data_dir`` (datasets) and ``runs_dir`` (run folders).
+
+    ``cache_dir`` holds the background-callback cache and dataset summaries
+    (default: a fresh temporary folder).  With ``write_demo``, the built-in demo
+    is written into ``data_dir`` when missing and its summary prepared.
+    """
+    cfg = AppConfig(Path(data_dir).resolve(), Path(runs_dir).resolve(),
+                    Path(cache_dir or tempfile.mkdtemp(prefix="scmm-app-")).resolve())
+    for folder in (cfg.data_dir, cfg.runs_dir, cfg.cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    if write_demo:
+        demo = ensure_demo(cfg.data_dir)
+        threading.Thread(target=data_access.summarize, args=(demo, cfg.cache_dir), daemon=True).start()
+    manager = DiskcacheManager(diskcache.Cache(str(cfg.cache_dir / "background")))
+    app = Dash(__name__, title="scMM Explorer", assets_folder=str(ASSETS), use_pages=False,
+               serve_locally=True, background_callback_manager=manager,
+               suppress_callback_exceptions=True, update_title=None)
+    app.layout = build_layout()
+    app.scmm_config = cfg
+    _register_shell(app, cfg)
+    components.register(app)
+    for _, _, module in PAGES:
+        module.register(app, cfg)
+    return app
+
+
+def _register_shell(app: Dash, cfg: AppConfig) -> None:
+    page_modules = {path: module for path, _, module in PAGES}
+
+    @app.callback(Output("run-select", "options"), Input("runs-refresh", "n_intervals"),
+                  Input("url", "pathname"))
+    def refresh_runs(_n, _path):
+        """Keep the run picker in step with the runs folder (jobs finish, CLI runs appear)."""
+        return run_options(cfg.runs_dir)
+
+    @app.callback(Output("page", "children"), Output("run-select", "value"), Output("rendered", "data"),
+                  Output("run-select", "options", allow_duplicate=True),
+                  Input("url", "pathname"), Input("run-select", "value"), State("url", "search"),
+                  State("rendered", "data"), prevent_initial_call="initial_duplicate")
+    def route(pathname, picked, search, rendered):
+        """Render the page of ``pathname`` for the run in the URL (or the picked / newest one)."""
+        query = parse_query(search)
+        path = pathname if pathname in page_modules else "/data"
+        trig = dash.ctx.triggered_id
+        if trig == "run-select":
+            if not picked or (rendered or {}) == {"path": path, "run": picked}:
+                return no_update, no_update, no_update, no_update
+            if picked != query.get("run"):
+                query = {"run": picked}
+            run = picked
+        else:
+            run = query.get("run") or picked or default_run(cfg.runs_dir)
+        if data_access.resolve_run(cfg.runs_dir, run) is None:
+            run = default_run(cfg.runs_dir)
+        page = page_modules[path].layout(cfg, run, query)
+        return (page, (run if run != picked else no_update), {"path": path, "run": run},
+                run_options(cfg.runs_dir))
+
+    @app.callback(Output("url", "search"), Input("run-select", "value"), Input("page-state", "data"),
+                  State("url", "pathname"), State("url", "search"), prevent_initial_call=True)
+    def sync_url(run, state, pathname, search):
+        """Write the run and the page's state into the query string (deep links)."""
+        query = {k: v for k, v in parse_query(search).items()
+                 if k in PAGE_QUERY.get(pathname, ()) or k == "data"}
+        if dash.ctx.triggered_id == "run-select" and run != query.get("run"):
+            query = {k: v for k, v in query.items() if k == "data"}
+        if run:
+            query["run"] = run
+        for key, value in (state or {}).items():
+            if key in PAGE_QUERY.get(pathname, ()):
+                if value in (None, ""):
+                    query.pop(key, None)
+                else:
+                    query[key] = str(value)
+        new = "?" + urlencode(query) if query else ""
+        return new if new != (search or "") else no_update
+
+    outputs = [Output(f"nav-{path.strip('/')}", "href") for path, _, _ in PAGES]
+
+    @app.callback(*outputs, Input("run-select", "value"))
+    def nav_links(run):
+        """Page links keep the current run."""
+        suffix = "?" + urlencode({"run": run}) if run else ""
+        return [path + suffix for path, _, _ in PAGES]
+
+    @app.server.route("/healthz")
+    def healthz():
+        return "ok"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``scmm-app [--host H] [--port N] [--data-dir DIR] [--runs-dir DIR] [--debug]``."""
+    parser = argparse.ArgumentParser(prog="scmm-app", description="scMM Explorer (Dash)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--data-dir", default="data", help="datasets (the demo is written here)")
+    parser.add_argument("--runs-dir", default="runs", help="run folders (trained models)")
+    parser.add_argument("--cache-dir", default=None, help="background-job cache (default: temporary)")
+    parser.add_argument("--debug", action="store_true", help="Dash dev tools (no version check)")
+    args = parser.parse_args(argv)
+    app = create_app(args.data_dir, args.runs_dir, args.cache_dir)
+    print(f"scMM Explorer on http://{args.host}:{args.port}  (data: {app.scmm_config.data_dir}, "
+          f"runs: {app.scmm_config.runs_dir})")
+    app.run(host=args.host, port=args.port, debug=args.debug, dev_tools_disable_version_check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

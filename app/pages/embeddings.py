@@ -1,0 +1,231 @@
+"""Page 3, Embeddings: UMAPs of the joint and per-modality latents, colour-by, lasso selections.
+
+Colour by cluster, by any obs column, by any latent dimension or by any feature
+of any modality (search in the dropdown).  A colour change sends only the new
+marker colours (``dash.Patch``); x/y and cell ids stay in the browser.  A lasso
+(or box) selection is tested against the polygon on the server, can be named
+and kept, exported as CSV, and ranked against the other cells
+(``scmm.tl.rank_features`` in a background job).
+"""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+import numpy as np
+import pandas as pd
+from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+
+from app import components, data_access, figures
+
+TOP_N = 25
+
+
+def _run(cfg, run_id):
+    return data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
+
+
+def no_run(message: str = "No trained run yet: train one on the Train page.") -> html.Div:
+    """The placeholder shown by result pages without a run."""
+    return dbc.Alert(message, color="info", id="no-run")
+
+
+def layout(cfg, run_id, query) -> html.Div:
+    """The Embeddings page for run ``run_id`` (``color`` and ``emb`` from the query)."""
+    view = _run(cfg, run_id)
+    if view is None:
+        return no_run()
+    embeddings = view.embeddings()
+    emb = query.get("emb") if query.get("emb") in embeddings else next(iter(embeddings), None)
+    colour = query.get("color") or "obs:scmm_cluster"
+    options = view.colour_options()
+    if colour not in [o["value"] for o in options]:
+        spec = view.colour(colour)
+        options.append({"label": spec["label"], "value": colour})
+    note = [] if view.analysed else [dbc.Alert(
+        "This run is not analysed yet (no UMAPs or clusters): showing latent dimensions 1 and 2. "
+        "Run `scmm analyze RUN` or train from this app.", color="warning", className="py-2")]
+    controls = dbc.Card(dbc.CardBody([
+        dbc.Label("Embedding"),
+        dbc.RadioItems(id="emb-key", options=[{"label": k, "value": k} for k in embeddings],
+                       value=emb, inline=True),
+        dbc.Label("Colour by", className="mt-2"),
+        dcc.Dropdown(id="emb-colour", options=options, value=colour, clearable=False,
+                     placeholder="type a gene, protein, peak, obs column or z…"),
+        html.Hr(),
+        html.Div(id="sel-info", className="small", children="Lasso cells on the plot to select them."),
+        dbc.InputGroup([dbc.Input(id="sel-name", placeholder="selection name"),
+                        dbc.Button("Save", id="sel-save", color="secondary")], size="sm", className="mt-2"),
+        dbc.Label("Saved selections", className="mt-2 small"),
+        dcc.Dropdown(id="sel-pick", placeholder="current lasso"),
+        dbc.Label("Top features of the selection vs the rest in", className="mt-2 small"),
+        dbc.RadioItems(id="sel-mod", options=[{"label": m, "value": m} for m in view.modalities],
+                       value=view.modalities[0], inline=True),
+        html.Div([dbc.Button("Top features", id="sel-rank", color="primary", size="sm"),
+                  components.csv_button("selection-cells", "cells CSV"),
+                  components.csv_button("selection-features", "features CSV")], className="mt-2"),
+    ]))
+    return html.Div([
+        dcc.Store(id="emb-run", data=view.id),
+        dcc.Store(id="sel-current", data=[]),
+        html.H3(["Embeddings ", html.Small(view.id, className="text-muted")]),
+        *note,
+        dbc.Row([
+            dbc.Col(controls, md=3),
+            dbc.Col(components.figure_card("embedding", None, "UMAP"), md=9),
+        ]),
+        dbc.Card([dbc.CardHeader("Top features of the selection"),
+                  dbc.CardBody(dcc.Loading(html.Div(id="sel-table"), delay_show=300))]),
+    ])
+
+
+def colour_figure(view, emb_label: str, colour: str, selected=None) -> object:
+    """The full embedding figure of ``view`` (see :func:`app.figures.embedding`)."""
+    key, axes = view.embeddings()[emb_label]
+    c = view.colour(colour)
+    spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
+    return figures.embedding(view.coords(key), spec, view.cell_ids,
+                             title=f"{emb_label} latent: {c['label']}", axis_names=axes,
+                             selected=selected, uirevision=f"{view.id}:{emb_label}")
+
+
+def colour_patch(view, colour: str, emb_label: str) -> Patch:
+    """Only the new marker colours and hover values (the fast path of a colour change)."""
+    c = view.colour(colour)
+    spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
+    patch = figures.recolour(Patch(), spec)
+    patch["layout"]["title"]["text"] = f"{emb_label} latent: {c['label']}"
+    return patch
+
+
+def selection_from_event(view, emb_label: str, selected: dict | None) -> list[int]:
+    """Cell indices inside a lasso (``lassoPoints``) or box (``range``) selection event."""
+    if not selected:
+        return []
+    key, _ = view.embeddings()[emb_label]
+    if selected.get("lassoPoints"):
+        pts = selected["lassoPoints"]
+        return view.cells_in_polygon(key, pts["x"], pts["y"]).tolist()
+    if selected.get("range"):
+        rng = selected["range"]
+        return view.cells_in_box(key, rng["x"], rng["y"]).tolist()
+    pts = selected.get("points") or []
+    return sorted({p["pointIndex"] for p in pts if p.get("curveNumber") == 0})
+
+
+def register(app, cfg) -> None:
+    """Embeddings page callbacks."""
+    graph = components.graph_id("embedding")
+
+    @app.callback(Output(graph, "figure"), Output("page-state", "data", allow_duplicate=True),
+                  Input("emb-key", "value"), Input("emb-colour", "value"), State("emb-run", "data"),
+                  prevent_initial_call="initial_duplicate")
+    def draw(emb_label, colour, run_id):
+        """Full figure when the embedding changes; a Patch of the colours otherwise."""
+        view = _run(cfg, run_id)
+        if view is None or not emb_label:
+            return figures.empty("no run"), no_update
+        state = {"color": colour, "emb": emb_label}
+        if ctx.triggered_id == "emb-colour":
+            return colour_patch(view, colour, emb_label), state
+        return colour_figure(view, emb_label, colour), state
+
+    @app.callback(Output("emb-colour", "options"), Input("emb-colour", "search_value"),
+                  State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)
+    def search(text, current, run_id):
+        """Features (and obs columns, latent dims) matching the typed text."""
+        view = _run(cfg, run_id)
+        if view is None or not text:
+            return no_update
+        opts = view.colour_options(text)
+        if current and current not in [o["value"] for o in opts]:
+            opts.insert(0, {"label": view.colour(current)["label"], "value": current})
+        return opts
+
+    @app.callback(Output("sel-current", "data"), Output("sel-info", "children"),
+                  Input(graph, "selectedData"), State("emb-key", "value"), State("emb-run", "data"),
+                  prevent_initial_call=True)
+    def lasso(selected, emb_label, run_id):
+        """Cells inside the lasso, tested on the server against the polygon."""
+        view = _run(cfg, run_id)
+        if view is None:
+            return no_update, no_update
+        idx = selection_from_event(view, emb_label, selected)
+        return idx, f"{len(idx):,} of {view.n_cells:,} cells selected"
+
+    @app.callback(Output("selections", "data"), Output("sel-pick", "options"), Output("sel-pick", "value"),
+                  Input("sel-save", "n_clicks"), State("sel-name", "value"), State("sel-current", "data"),
+                  State("selections", "data"), State("emb-run", "data"))
+    def save_selection(n, name, current, stored, run_id):
+        """Keep the lasso as a named cell set (per run, in session storage)."""
+        stored = dict(stored or {})
+        sets = dict(stored.get(run_id, {}))
+        if n and current:
+            name = (name or "").strip() or f"selection {len(sets) + 1}"
+            sets[name] = current
+            stored[run_id] = sets
+            return stored, list(sets), name
+        return no_update, list(sets), no_update
+
+    def chosen_cells(pick, current, stored, run_id) -> list[int]:
+        if pick and pick in (stored or {}).get(run_id, {}):
+            return stored[run_id][pick]
+        return current or []
+
+    @app.callback(Output("sel-table", "children"), Input("sel-rank", "n_clicks"),
+                  State("sel-pick", "value"), State("sel-current", "data"), State("selections", "data"),
+                  State("sel-mod", "value"), State("emb-run", "data"),
+                  background=True, prevent_initial_call=True,
+                  running=[(Output("sel-rank", "disabled"), True, False)])
+    def rank(_n, pick, current, stored, modality, run_id):
+        """Wilcoxon ranking of the selection vs the rest (scmm.tl, in a background job)."""
+        cells = chosen_cells(pick, current, stored, run_id)
+        view = _run(cfg, run_id)
+        if view is None or len(cells) < 2:
+            return dbc.Alert("Select at least 2 cells with the lasso first.", color="warning")
+        try:
+            table = rank_table(view, cells, modality)
+        except Exception as err:  # show the library's message instead of a silent failure
+            return dbc.Alert(f"Ranking failed: {err}", color="danger")
+        if table is None:
+            return dbc.Alert("Need at least 2 selected and 2 other cells.", color="warning")
+        return components.table(table.head(TOP_N), id="sel-features")
+
+    @app.callback(Output({"role": "csv-download", "t": "selection-cells"}, "data"),
+                  Input({"role": "csv", "t": "selection-cells"}, "n_clicks"),
+                  State("sel-pick", "value"), State("sel-current", "data"), State("selections", "data"),
+                  State("emb-run", "data"), prevent_initial_call=True)
+    def export_cells(_n, pick, current, stored, run_id):
+        """The selected cells (ids and annotations) as CSV."""
+        view = _run(cfg, run_id)
+        cells = chosen_cells(pick, current, stored, run_id)
+        if view is None or not cells:
+            return no_update
+        frame = view.mdata.obs.iloc[np.asarray(cells, dtype=int)]
+        frame = frame[[c for c in view.obs_columns()]]
+        frame.index.name = "cell"
+        name = components.safe_name(pick or "selection")
+        return dict(content=frame.to_csv(), filename=f"{view.id}_{name}_cells.csv")
+
+    @app.callback(Output({"role": "csv-download", "t": "selection-features"}, "data"),
+                  Input({"role": "csv", "t": "selection-features"}, "n_clicks"),
+                  State("sel-pick", "value"), State("sel-current", "data"), State("selections", "data"),
+                  State("sel-mod", "value"), State("emb-run", "data"),
+                  background=True, prevent_initial_call=True)
+    def export_features(_n, pick, current, stored, modality, run_id):
+        """The whole ranking of the selection vs the rest as CSV (background job)."""
+        view = _run(cfg, run_id)
+        cells = chosen_cells(pick, current, stored, run_id)
+        table = rank_table(view, cells, modality) if view is not None and len(cells) >= 2 else None
+        if table is None:
+            return no_update
+        name = components.safe_name(pick or "selection")
+        return dict(content=table.to_csv(index=False), filename=f"{view.id}_{name}_{modality}_features.csv")
+
+
+def rank_table(view, cells, modality: str) -> pd.DataFrame | None:
+    """``scmm.tl.rank_features`` of ``cells`` vs the rest (None when either side has < 2 cells)."""
+    from app import engine
+    mask = np.zeros(view.n_cells, dtype=bool)
+    mask[np.asarray(cells, dtype=int)] = True
+    if mask.sum() < 2 or (~mask).sum() < 2:
+        return None
+    return engine.rank_features(view.mdata, modality, mask)

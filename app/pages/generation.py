@@ -1,0 +1,224 @@
+"""Page 5, Generation: cluster x feature heatmaps (original / reconstruction / cross-modal),
+predicted versus observed with Pearson r, and prediction for a one-modality query dataset.
+
+Heatmap tables are the ones ``scmm analyze`` saved; per-cell predictions and
+query predictions run ``python -m scmm predict`` in a child process (from a
+background callback), cached in the run folder under ``predictions/``.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dash_bootstrap_components as dbc
+import numpy as np
+import pandas as pd
+from dash import Input, Output, State, dcc, html, no_update
+
+from app import components, data_access, figures, jobs
+from app.pages.embeddings import no_run
+
+PRED_DIR = "predictions"
+
+
+def _view(cfg, run_id):
+    return data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
+
+
+def panels(tables: dict, target: str, modalities: list[str]) -> tuple[dict, dict]:
+    """The heatmap panels of ``target``: original, reconstruction, then each cross-modal generation."""
+    chosen, titles = {}, {}
+    key = f"{target}|original"
+    if key in tables:
+        chosen[key], titles[key] = tables[key], f"{target}: original"
+    for source in [target] + [m for m in modalities if m != target]:
+        key = f"{target}|from_{source}"
+        if key in tables:
+            chosen[key] = tables[key]
+            titles[key] = (f"{target}: reconstruction" if source == target
+                           else f"{target} generated from {source}")
+    return chosen, titles
+
+
+def layout(cfg, run_id, query) -> html.Div:
+    """The Generation page (``target`` from the query)."""
+    view = _view(cfg, run_id)
+    if view is None:
+        return no_run()
+    mods = view.modalities
+    target = query.get("target") if query.get("target") in mods else (mods[-1] if mods else None)
+    datasets = data_access.list_datasets(cfg.data_dir)
+    query_card = dbc.Card([dbc.CardHeader("Predict for a query dataset with one modality"), dbc.CardBody([
+        dbc.Row([
+            dbc.Col([dbc.Label("Query dataset"), dcc.Dropdown(id="gen-query", options=datasets)], md=5),
+            dbc.Col([dbc.Label("It has"), dcc.Dropdown(id="gen-query-source", options=mods,
+                                                       value=mods[0], clearable=False)], md=2),
+            dbc.Col([dbc.Label("Predict"), dcc.Dropdown(id="gen-query-target", options=mods,
+                                                        value=mods[-1], clearable=False)], md=2),
+            dbc.Col(dbc.Button("Predict and download CSV", id="gen-query-run", color="primary",
+                               className="mt-4"), md=3),
+        ]),
+        dcc.Loading(html.Div(id="gen-query-status", className="small mt-2")),
+        dcc.Download(id="gen-query-download"),
+    ])], className="mb-3")
+    return html.Div([
+        dcc.Store(id="gen-run", data=view.id),
+        html.H3(["Cross-modal generation ", html.Small(view.id, className="text-muted")]),
+        dbc.Row([
+            dbc.Col([dbc.Label("Modality shown"),
+                     dbc.RadioItems(id="gen-target", options=[{"label": m, "value": m} for m in mods],
+                                    value=target, inline=True)], md=4),
+            dbc.Col(html.Div(id="gen-similarity"), md=8),
+        ], className="mb-2"),
+        components.figure_card("heatmaps", None, "Cluster x feature (z-scored)"),
+        dbc.Row([
+            dbc.Col(components.figure_card("pred-obs", None, "Generated vs original (cluster x feature)"), md=6),
+            dbc.Col(components.figure_card("pred-cells", None, "Predicted vs observed per cell", extra=[
+                dbc.Row([
+                    dbc.Col(dcc.Dropdown(id="gen-cell-feature", placeholder="feature"), md=6),
+                    dbc.Col(dbc.Button("Predict per cell", id="gen-cells-run", size="sm",
+                                       color="secondary"), md=6),
+                ], className="mt-2")]), md=6),
+        ]),
+        query_card,
+    ])
+
+
+def similarity_view(tables: dict, target: str) -> html.Div:
+    """Pearson r of each generated table against the original, as badges, plus a CSV button."""
+    sim = tables.get("similarity")
+    if sim is None or sim.empty:
+        return html.Div()
+    rows = sim[sim["target"] == target]
+    badges = [dbc.Badge(f"{r.kind} from {r.source}: r = {r.pearson_r:.3f}", color="light",
+                        text_color="dark", className="me-2 border") for r in rows.itertuples()]
+    return html.Div(badges + [components.csv_button("heatmap", "heatmap CSV")])
+
+
+def cluster_scatter(tables: dict, target: str, modalities: list[str]):
+    """Generated against original z-scores (every cluster x feature) with Pearson r."""
+    original = tables.get(f"{target}|original")
+    others = [m for m in modalities if m != target]
+    source = others[0] if others else target
+    generated = tables.get(f"{target}|from_{source}")
+    if original is None or generated is None:
+        return figures.empty("no tables: analyse the run first", height=460)
+    generated = generated.reindex(index=original.index, columns=original.columns)
+    labels = [f"cluster {c} · {f}" for c in original.index for f in original.columns]
+    return figures.predicted_vs_observed(original.to_numpy().ravel(), generated.to_numpy().ravel(),
+                                         label=f"{target} from {source}", xlabel="original (z)",
+                                         ylabel="generated (z)", text=labels)
+
+
+def prediction_path(run_dir: Path, target: str, source: str) -> Path:
+    """Where the per-cell prediction of ``target`` from ``source`` is cached."""
+    return Path(run_dir) / PRED_DIR / f"{target}_from_{source}.h5ad"
+
+
+def run_predict(run_dir: Path, target: str, source: str, out: Path, query: str | None = None,
+                timeout: float = 900) -> str | None:
+    """``python -m scmm predict`` in a child process; returns an error message or None."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "scmm", "predict", str(run_dir), "--target", target,
+           "--from", source, "--out", str(out)]
+    if query:
+        cmd += ["--query", query]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(jobs._ROOT))
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {proc.returncode}"
+    return None
+
+
+def cell_scatter(view, pred_file: Path, target: str, source: str, feature: str):
+    """Observed vs predicted log-normalised values of ``feature`` per cell, with Pearson r."""
+    import anndata as ad
+    pred = ad.read_h5ad(pred_file)
+    if feature not in pred.var_names:
+        return figures.empty(f"{feature} not predicted")
+    X = pred.X.toarray() if hasattr(pred.X, "toarray") else np.asarray(pred.X)
+    j = int(np.flatnonzero(pred.var_names == feature)[0])
+    lib = X.sum(axis=1)
+    predicted = np.log1p(X[:, j] * np.divide(1e4, lib, out=np.zeros_like(lib), where=lib > 0))
+    observed = view.feature_values(target, feature)
+    return figures.predicted_vs_observed(observed, predicted, label=f"{target}:{feature} from {source}",
+                                         xlabel="observed log-normalised", ylabel="predicted log-normalised",
+                                         text=view.cell_ids)
+
+
+def register(app, cfg) -> None:
+    """Generation page callbacks."""
+
+    @app.callback(Output(components.graph_id("heatmaps"), "figure"),
+                  Output(components.graph_id("pred-obs"), "figure"),
+                  Output("gen-similarity", "children"), Output("gen-cell-feature", "options"),
+                  Output("gen-cell-feature", "value"),
+                  Output("page-state", "data", allow_duplicate=True),
+                  Input("gen-target", "value"), State("gen-run", "data"),
+                  prevent_initial_call="initial_duplicate")
+    def show(target, run_id):
+        """Heatmaps side by side and the cluster-level scatter for the chosen modality."""
+        view = _view(cfg, run_id)
+        if view is None:
+            return (no_update,) * 6
+        tables = view.heatmap_tables()
+        chosen, titles = panels(tables, target, view.modalities)
+        heat = figures.heatmaps(chosen, titles, title=f"{target}: marker features per cluster")
+        feats = list(tables[f"{target}|original"].columns) if f"{target}|original" in tables else []
+        return (heat, cluster_scatter(tables, target, view.modalities), similarity_view(tables, target),
+                feats, feats[0] if feats else None, {"target": target})
+
+    @app.callback(Output(components.graph_id("pred-cells"), "figure"),
+                  Input("gen-cells-run", "n_clicks"), Input("gen-cell-feature", "value"),
+                  State("gen-target", "value"), State("gen-run", "data"),
+                  background=True, prevent_initial_call=True,
+                  running=[(Output("gen-cells-run", "disabled"), True, False)])
+    def per_cell(n, feature, target, run_id):
+        """Per-cell prediction of the shown modality from the other one (cached in the run)."""
+        view = _view(cfg, run_id)
+        if view is None or not feature:
+            return no_update
+        others = [m for m in view.modalities if m != target]
+        source = others[0] if others else target
+        path = prediction_path(view.path, target, source)
+        if not path.exists():
+            if not n:
+                return figures.empty("press 'Predict per cell'", height=460)
+            error = run_predict(view.path, target, source, path)
+            if error:
+                return figures.empty(f"prediction failed: {error}", height=460)
+        return cell_scatter(view, path, target, source, feature)
+
+    @app.callback(Output({"role": "csv-download", "t": "heatmap"}, "data"),
+                  Input({"role": "csv", "t": "heatmap"}, "n_clicks"),
+                  State("gen-target", "value"), State("gen-run", "data"), prevent_initial_call=True)
+    def heatmap_csv(_n, target, run_id):
+        """The shown heatmap tables in one long CSV (panel, cluster, feature, z)."""
+        view = _view(cfg, run_id)
+        if view is None:
+            return no_update
+        chosen, titles = panels(view.heatmap_tables(), target, view.modalities)
+        frames = []
+        for key, frame in chosen.items():
+            long = frame.rename_axis(index="cluster", columns="feature").stack().rename("z").reset_index()
+            long.insert(0, "panel", titles[key])
+            frames.append(long)
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return dict(content=table.to_csv(index=False), filename=f"{run_id}_{target}_heatmaps.csv")
+
+    @app.callback(Output("gen-query-download", "data"), Output("gen-query-status", "children"),
+                  Input("gen-query-run", "n_clicks"), State("gen-query", "value"),
+                  State("gen-query-source", "value"), State("gen-query-target", "value"),
+                  State("gen-run", "data"), background=True, prevent_initial_call=True,
+                  running=[(Output("gen-query-run", "disabled"), True, False)])
+    def query_predict(_n, query, source, target, run_id):
+        """Predict ``target`` for a one-modality query and download it as CSV."""
+        view = _view(cfg, run_id)
+        if view is None or query not in [d["value"] for d in data_access.list_datasets(cfg.data_dir)]:
+            return no_update, "pick a query dataset"
+        out = view.path / PRED_DIR / f"query_{components.safe_name(Path(query).stem)}_{target}_from_{source}.csv"
+        error = run_predict(view.path, target, source, out, query=query)
+        if error:
+            return no_update, dbc.Alert(error, color="danger", className="py-1")
+        return dcc.send_file(str(out)), f"predicted {target} from {source} for {Path(query).name}"

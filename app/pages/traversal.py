@@ -1,0 +1,170 @@
+"""Page 4, Traversal: features associated with each latent dimension, without decoding.
+
+Everything comes from the run's cached ``scmm.tl`` traversal (``traversal.npz``,
+computed once by ``scmm analyze``): a slider step only slices arrays.  Sliders
+pick the dimension and the traversal value; the p-value threshold and the
+number of bars are controls; the associated features are a table with a CSV
+download, and each feature links to the embedding coloured by it.
+"""
+from __future__ import annotations
+
+import math
+from urllib.parse import urlencode
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, Patch, State, dcc, html, no_update
+
+from app import components, data_access, figures
+from app.pages.embeddings import no_run
+
+N_PROFILE = 6
+TABLE_ROWS = 20
+
+
+def _traversal(cfg, run_id):
+    view = data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
+    return view, (view.traversal() if view is not None else None)
+
+
+def layout(cfg, run_id, query) -> html.Div:
+    """The Traversal page (``dim`` and ``mod`` from the query)."""
+    view, trav = _traversal(cfg, run_id)
+    if view is None:
+        return no_run()
+    if trav is None:
+        return no_run(f"Run {view.id} has no traversal yet: run `scmm analyze` on it "
+                      "(training from this app does it for you).")
+    dim = int(query["dim"]) if query.get("dim", "").isdigit() and int(query["dim"]) < trav.n_dims else 0
+    mod = query.get("mod") if query.get("mod") in trav.modalities else trav.modalities[0]
+    steps = trav.steps
+    default_p = {m: -math.log10(p) for m, p in trav.pvalues.items()}
+    controls = dbc.Card(dbc.CardBody([
+        dbc.Label("Latent dimension"),
+        dcc.Slider(id="trav-dim", min=0, max=trav.n_dims - 1, step=1, value=dim,
+                   marks={d: f"z{d + 1}" for d in range(trav.n_dims)}, allow_direct_input=False),
+        dbc.Label("Traversal value (prior s.d.)", className="mt-2"),
+        dcc.Slider(id="trav-step", min=0, max=len(steps) - 1, step=1, value=len(steps) // 2,
+                   marks={i: f"{s:g}" for i, s in enumerate(steps) if float(s).is_integer()},
+                   allow_direct_input=False, updatemode="drag"),
+        dbc.Label("Modality", className="mt-2"),
+        dbc.RadioItems(id="trav-mod", options=[{"label": m, "value": m} for m in trav.modalities],
+                       value=mod, inline=True),
+        dbc.Row([
+            dbc.Col([dbc.Label("-log10 p threshold", className="mt-2"),
+                     dbc.Input(id="trav-logp", type="number", min=0, max=300, step="any",
+                               value=round(default_p[mod], 2))]),
+            dbc.Col([dbc.Label("Bars per direction", className="mt-2"),
+                     dbc.Input(id="trav-n", type="number", min=1, max=100, step=1, value=15)]),
+        ]),
+        html.Div(id="trav-count", className="small text-muted mt-2"),
+        html.Div(id="trav-link", className="mt-2"),
+    ]))
+    return html.Div([
+        dcc.Store(id="trav-run", data=view.id),
+        dcc.Store(id="trav-defaults", data=default_p),
+        html.H3(["Latent traversal ", html.Small(view.id, className="text-muted")]),
+        dbc.Row([
+            dbc.Col(controls, md=3),
+            dbc.Col(components.figure_card("traversal-bars", None, "Associated features",
+                                           loading=False), md=5),
+            dbc.Col(components.figure_card("traversal-profile", None, "Decoded profile along the traversal",
+                                           loading=False),
+                    md=4),
+        ]),
+        dbc.Card([dbc.CardHeader(["Associated features", components.csv_button("associated")]),
+                  dbc.CardBody(html.Div(id="trav-table"))]),
+    ])
+
+
+def associated(trav, dim: int, mod: str, logp: float | None):
+    """``Traversal.associated`` at threshold 10**-logp (the modality's default when None)."""
+    pvalue = 10 ** (-float(logp)) if logp not in (None, "") else None
+    return trav.associated(int(dim), mod, pvalue=pvalue)
+
+
+def traversal_figures(trav, dim: int, step: int, mod: str, logp, n: int):
+    """(bars, profile, table) for one slider position; array slicing only, no decoding."""
+    table = associated(trav, dim, mod, logp)
+    n = int(n or 15)
+    bars = figures.traversal_bars(table, title=f"z{dim + 1} · {mod}: {len(table)} associated", n=n)
+    top = list(table[table.direction == "positive"].feature[:N_PROFILE // 2]) + \
+        list(table[table.direction == "negative"].feature[:N_PROFILE // 2])
+    profile = trav.profile(int(dim), mod, top) if top else None
+    z = float(trav.steps[int(step)])
+    prof = figures.traversal_profile(profile, z_sigma=z, title=f"z{dim + 1} = {z:g} σ")
+    return bars, prof, table
+
+
+def marker_patch(trav, dim: int, step: int) -> Patch:
+    """Move the profile's traversal marker to grid point ``step`` (nothing else is sent)."""
+    z = float(trav.steps[int(step)])
+    patch = Patch()
+    patch["layout"]["shapes"] = [figures.traversal_marker(z)]
+    patch["layout"]["title"]["text"] = f"z{int(dim) + 1} = {z:g} σ"
+    return patch
+
+
+def register(app, cfg) -> None:
+    """Traversal page callbacks."""
+
+    @app.callback(Output("trav-logp", "value"), Input("trav-mod", "value"), State("trav-defaults", "data"),
+                  prevent_initial_call=True)
+    def default_threshold(mod, defaults):
+        """Each modality starts at the paper's threshold (RNA 1e-12, protein 1e-3, ATAC 1e-21)."""
+        return round((defaults or {}).get(mod, 3.0), 2)
+
+    @app.callback(Output(components.graph_id("traversal-bars"), "figure"),
+                  Output(components.graph_id("traversal-profile"), "figure"),
+                  Output("trav-table", "children"), Output("trav-count", "children"),
+                  Output("page-state", "data", allow_duplicate=True),
+                  Input("trav-dim", "value"), Input("trav-mod", "value"),
+                  Input("trav-logp", "value"), Input("trav-n", "value"), State("trav-step", "value"),
+                  State("trav-run", "data"), prevent_initial_call="initial_duplicate")
+    def update(dim, mod, logp, n, step, run_id):
+        """Re-slice the cached traversal for the sliders and thresholds."""
+        view, trav = _traversal(cfg, run_id)
+        if trav is None:
+            return no_update, no_update, no_update, no_update, no_update
+        bars, prof, table = traversal_figures(trav, dim, step, mod, logp, n)
+        n_pos = int((table.direction == "positive").sum())
+        link = lambda row: "/embeddings?" + urlencode({"run": run_id, "color": f"feat:{mod}:{row['feature']}"})
+        shown = table.drop(columns=["mean_low", "mean_high"], errors="ignore")
+        return (bars, prof, components.table(shown, TABLE_ROWS, link=link, id="trav-features"),
+                f"{n_pos} positive, {len(table) - n_pos} negative at p < 10^-{logp}",
+                {"dim": dim, "mod": mod})
+
+    @app.callback(Output(components.graph_id("traversal-profile"), "figure", allow_duplicate=True),
+                  Input("trav-step", "value"), State("trav-dim", "value"), State("trav-run", "data"),
+                  prevent_initial_call=True)
+    def move_marker(step, dim, run_id):
+        """A traversal-value step only moves the marker on the profile (a Patch)."""
+        _, trav = _traversal(cfg, run_id)
+        if trav is None:
+            return no_update
+        return marker_patch(trav, dim, step)
+
+    @app.callback(Output("trav-link", "children"),
+                  Input(components.graph_id("traversal-bars"), "clickData"),
+                  State("trav-mod", "value"), State("trav-run", "data"), prevent_initial_call=True)
+    def click_feature(click, mod, run_id):
+        """A clicked bar offers the embedding coloured by that feature."""
+        if not click or not click.get("points"):
+            return no_update
+        feature = click["points"][0]["y"]
+        href = "/embeddings?" + urlencode({"run": run_id, "color": f"feat:{mod}:{feature}"})
+        return dcc.Link(f"Colour the embedding by {feature} →", href=href, id="trav-colour-link")
+
+    @app.callback(Output({"role": "csv-download", "t": "associated"}, "data"),
+                  Input({"role": "csv", "t": "associated"}, "n_clicks"),
+                  State("trav-dim", "value"), State("trav-mod", "value"), State("trav-logp", "value"),
+                  State("trav-run", "data"), prevent_initial_call=True)
+    def download(_n, dim, mod, logp, run_id):
+        """The associated features of this dimension and modality as CSV."""
+        _, trav = _traversal(cfg, run_id)
+        if trav is None:
+            return no_update
+        table = associated(trav, dim, mod, logp)
+        table.insert(0, "dim", int(dim) + 1)
+        return dict(content=table.to_csv(index=False), filename=f"{run_id}_z{int(dim) + 1}_{mod}_associated.csv")
+
+

@@ -1,0 +1,128 @@
+"""Tests of the server-side data layer and the page helpers on a synthetic run (no torch, no browser)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app import data_access, synthetic
+from app.pages import embeddings, generation, traversal
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return synthetic.make_run(tmp_path_factory.mktemp("runs") / "syn", n_cells=500, n_genes=60)
+
+
+@pytest.fixture(scope="module")
+def view(run_dir):
+    return data_access.get_run(run_dir)
+
+
+def test_list_datasets_puts_demo_first(tmp_path):
+    for name in ("b.h5ad", "demo.h5mu", "notes.txt", "a.h5"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "mtx").mkdir()
+    (tmp_path / "mtx" / "matrix.mtx.gz").write_text("x")
+    labels = [d["label"] for d in data_access.list_datasets(tmp_path)]
+    assert labels[0] == "demo.h5mu (built-in demo)"
+    assert set(labels[1:]) == {"a.h5", "b.h5ad", "mtx"}
+
+
+def test_resolve_run_stays_inside_runs_dir(run_dir):
+    root = run_dir.parent
+    assert data_access.resolve_run(root, "syn") == run_dir.resolve()
+    assert data_access.resolve_run(root, "../syn") is None
+    assert data_access.resolve_run(root, "missing") is None
+
+
+def test_run_view_is_cached_by_mtime(run_dir, view):
+    assert data_access.get_run(run_dir) is view
+    assert view.analysed and view.latent_dim == 10
+    assert list(view.embeddings()) == ["joint", "rna", "prot"]
+
+
+def test_colour_by_every_kind(view):
+    cluster = view.colour("obs:scmm_cluster")
+    assert cluster["kind"] == "categorical" and cluster["categories"][:3] == ["0", "1", "2"]
+    assert cluster["values"].max() == len(cluster["categories"]) - 1
+    z = view.colour("z:2")
+    assert z["label"] == "z3" and np.allclose(z["values"], view.mdata.obsm["X_scmm"][:, 2])
+    gene = view.colour("feat:rna:G0003")
+    assert gene["kind"] == "continuous" and gene["values"].shape == (view.n_cells,)
+    assert (gene["values"] >= 0).all()
+    assert view.colour("feat:rna:NOPE")["label"] == "cluster"  # unknown -> the cluster
+
+
+def test_colour_options_search(view):
+    opts = view.colour_options("p0")
+    assert opts and all("p0" in o["label"].lower() for o in opts)
+    assert opts[0]["value"].startswith("feat:prot:P0")
+    assert {"label": "cluster", "value": "obs:scmm_cluster"} in view.colour_options()
+
+
+def test_lasso_polygon_and_box(view):
+    xy = view.coords("X_umap_scmm")
+    x0, x1 = float(xy[:, 0].min()) - 1, float(np.median(xy[:, 0]))
+    y0, y1 = float(xy[:, 1].min()) - 1, float(xy[:, 1].max()) + 1
+    event = {"lassoPoints": {"x": [x0, x1, x1, x0], "y": [y0, y0, y1, y1]}}
+    idx = embeddings.selection_from_event(view, "joint", event)
+    assert set(idx) == set(np.flatnonzero(xy[:, 0] <= x1))
+    box = embeddings.selection_from_event(view, "joint", {"range": {"x": [x1, x0], "y": [y0, y1]}})
+    assert set(box) == set(idx)
+    assert embeddings.selection_from_event(view, "joint", None) == []
+
+
+def test_embedding_figure_and_patch(view):
+    fig = embeddings.colour_figure(view, "rna", "feat:prot:P01")
+    assert fig.data[0].type == "scattergl" and "prot:P01" in fig.layout.title.text
+    patch = embeddings.colour_patch(view, "obs:cell_type", "rna").to_plotly_json()
+    assert any(op["location"] == ["data", 0, "marker"] for op in patch["operations"])
+
+
+def test_traversal_page_slices_the_cache(view):
+    trav = view.traversal()
+    assert trav.n_dims == 10 and trav.modalities == ["rna", "prot"]
+    bars, profile, table = traversal.traversal_figures(trav, dim=1, step=15, mod="rna", logp=2, n=5)
+    assert set(table.direction) <= {"positive", "negative"} and len(table) > 0
+    assert (table.pvalue < 1e-2).all()
+    assert sum(len(t.y) for t in bars.data) <= 10
+    assert profile.layout.shapes[0].x0 == trav.steps[15]
+    ops = traversal.marker_patch(trav, 1, 3).to_plotly_json()["operations"]
+    assert ops[0]["params"]["value"][0]["x0"] == trav.steps[3]
+
+
+def test_generation_panels(view):
+    tables = view.heatmap_tables()
+    chosen, titles = generation.panels(tables, "prot", view.modalities)
+    assert list(titles.values()) == ["prot: original", "prot: reconstruction", "prot generated from rna"]
+    fig = generation.cluster_scatter(tables, "prot", view.modalities)
+    assert "Pearson r" in fig.layout.title.text
+
+
+def test_data_page_summary_and_error_views(tmp_path):
+    import base64
+    from app.pages import data as data_page
+    result = {"ok": True, "summary": {"n_cells": 10, "modalities": {
+        "rna": {"n_features": 5, "median_counts_per_cell": 100.0, "mean_counts_per_cell": 110.0,
+                "sparsity": 0.5}}}, "kinds": {"rna": "rna"}, "likelihoods": {"rna": "nb"}}
+    frame = data_page.summary_frame(result)
+    assert frame.loc[0, "likelihood"] == "nb" and frame.loc[0, "n_cells"] == 10
+    assert "10 cells" in str(data_page.summary_view(result, "/x/d.h5mu"))
+    error = data_page.summary_view({"ok": False, "error": "not a valid HDF5 file"}, "/x/bad.h5ad")
+    assert error.id == "data-error" and "not a valid HDF5 file" in str(error)
+    contents = "data:application/octet-stream;base64," + base64.b64encode(b"abc").decode()
+    saved = data_page._save_upload(contents, "my file.h5ad", tmp_path)
+    assert saved == tmp_path / "uploads" / "my_file.h5ad" and saved.read_bytes() == b"abc"
+    assert any(d["label"] == "uploads/my_file.h5ad" for d in data_access.list_datasets(tmp_path))
+
+
+def test_every_page_lays_out_for_a_run_and_without_one(run_dir, tmp_path):
+    from app.main import PAGES, AppConfig, create_app
+    app = create_app(tmp_path / "data", run_dir.parent, tmp_path / "cache", write_demo=False)
+    assert app.scmm_config.runs_dir == run_dir.parent.resolve()
+    cfg = AppConfig(tmp_path / "data", run_dir.parent, tmp_path / "cache")
+    empty = AppConfig(tmp_path / "data", tmp_path / "no-runs", tmp_path / "cache")
+    for path, _, module in PAGES:
+        assert module.layout(cfg, "syn", {"color": "feat:rna:G0001", "dim": "3"}) is not None
+        if path not in ("/data", "/train"):
+            assert "no-run" in str(module.layout(empty, None, {}))

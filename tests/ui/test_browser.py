@@ -1,0 +1,198 @@
+"""End-to-end test of scMM Explorer in headless Chromium (dash[testing] ``dash_duo``).
+
+One flow, in the order a biologist meets it: the demo's summary and a bad
+file's error (Data) -> train a few epochs with live progress (Train) -> start
+another job and cancel it -> colour-by, lasso, top features and a CSV
+(Embeddings) -> traversal with a CSV and a PNG download (Traversal) ->
+heatmaps (Generation).  Screenshots of every page go to docs/screenshots/.
+
+    pytest -m ui tests/ui            # about 3-4 minutes on 2 cores
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from app import jobs
+from app.main import create_app
+
+pytestmark = [pytest.mark.ui, pytest.mark.filterwarnings("ignore::UserWarning:mudata")]
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+TRAIN_EPOCHS = 2
+
+
+def shot(dash_duo, name: str) -> None:
+    """Save a screenshot of the current page as docs/screenshots/<name>.png."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    time.sleep(0.8)  # let plotly finish drawing
+    dash_duo.driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def wait_for_download(folder: str, suffix: str, timeout: float = 60) -> Path:
+    """The first complete file ending in ``suffix`` that appears in ``folder``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = [p for p in Path(folder).glob(f"*{suffix}") if p.stat().st_size > 0]
+        if done:
+            return done[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no {suffix} download in {folder}: {list(Path(folder).iterdir())}")
+
+
+def visit(dash_duo, path: str, **query) -> None:
+    """Open ``path`` with ``query`` on the test server."""
+    url = dash_duo.server_url + path + ("?" + urlencode(query) if query else "")
+    dash_duo.driver.get(url)
+
+
+def click(dash_duo, element) -> None:
+    """Click ``element`` (a CSS selector or a WebElement) through JavaScript (no overlap checks)."""
+    if isinstance(element, str):
+        element = dash_duo.wait_for_element(element)
+    dash_duo.driver.execute_script("arguments[0].click();", element)
+
+
+def wait_enabled(dash_duo, css: str, timeout: float = 60) -> None:
+    """Wait until the element ``css`` is enabled (a background job's ``running`` released it)."""
+    deadline = time.time() + timeout
+    while not dash_duo.wait_for_element(css).is_enabled():
+        assert time.time() < deadline, f"{css} stayed disabled"
+        time.sleep(0.3)
+
+
+def click_id(dash_duo, component_id: dict) -> None:
+    """Click the element of a pattern-matching (dict) id."""
+    dom_id = json.dumps(component_id, sort_keys=True, separators=(",", ":"))
+    found = dash_duo.driver.execute_script(
+        "const el = document.getElementById(arguments[0]); if (el) { el.click(); } return !!el;", dom_id)
+    assert found, f"no element {dom_id}"
+
+
+def pick_option(dash_duo, css: str, text: str) -> None:
+    """Choose the option labelled ``text`` in the dcc.Dropdown ``css``."""
+    click(dash_duo, css)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        found = [e for e in dash_duo.driver.find_elements("css selector", "[role=option]") if e.text.strip() == text]
+        if found:
+            click(dash_duo, found[0])
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no option {text!r} in {css}")
+
+
+def write_query(demo: Path, out: Path, n_cells: int) -> None:
+    """A one-modality query: the first ``n_cells`` cells of the demo's RNA, as .h5ad."""
+    import mudata as md
+    md.read_h5mu(demo).mod["rna"][:n_cells].copy().write_h5ad(out)
+
+
+def severe_logs(dash_duo) -> list:
+    """Browser console errors, except GPU noise of software WebGL."""
+    return [e for e in dash_duo.get_logs() if "WebGL" not in e["message"] and "GL Driver" not in e["message"]]
+
+
+def lasso_left_half(dash_duo) -> None:
+    """Emit a lasso selection over the left half of the (only) plot, as a user's drag does."""
+    dash_duo.driver.execute_script("""
+        const gd = document.querySelector('.js-plotly-plot');
+        const [x0, x1] = gd._fullLayout.xaxis.range, [y0, y1] = gd._fullLayout.yaxis.range;
+        const xm = (x0 + x1) / 2;
+        gd.emit('plotly_selected', {points: [], lassoPoints: {x: [x0, xm, xm, x0], y: [y0, y0, y1, y1]}});
+    """)
+
+
+def test_full_flow(dash_duo, tmp_path):
+    data_dir, runs_dir = tmp_path / "data", tmp_path / "runs"
+    data_dir.mkdir()
+    (data_dir / "broken.h5ad").write_bytes(b"this is not an HDF5 file")
+    app = create_app(data_dir, runs_dir, tmp_path / "cache")
+    dash_duo.start_server(app)
+
+    # 1. Data: the demo is preloaded and summarised; a bad file shows the reader's error
+    dash_duo.wait_for_contains_text("#data-ncells", "3,000 cells", timeout=90)
+    dash_duo.wait_for_contains_text("#data-table", "prot", timeout=5)
+    shot(dash_duo, "data")
+    visit(dash_duo, "/data", data=str((data_dir / "broken.h5ad").resolve()))
+    dash_duo.wait_for_element("#data-error", timeout=90)
+    assert "broken.h5ad" in dash_duo.find_element("#data-error").text
+
+    # 2. Train a few epochs: live progress, loss curve, then the analysis
+    visit(dash_duo, "/train")
+    dash_duo.wait_for_element("#train-epochs")
+    dash_duo.find_element("#train-epochs").send_keys(str(TRAIN_EPOCHS))
+    wait_enabled(dash_duo, "#train-start")
+    click(dash_duo, "#train-start")
+    dash_duo.wait_for_contains_text("#train-stage", "training", timeout=60)
+    dash_duo.wait_for_contains_text("#train-stage", "analysing", timeout=180)
+    shot(dash_duo, "train")
+    dash_duo.wait_for_contains_text("#train-result", "finished", timeout=400)
+    runs = jobs.list_runs(runs_dir)
+    assert len(runs) == 1 and runs[0]["status"] == "done" and runs[0]["analysed"]
+    run_id = runs[0]["run"]
+    assert len(runs[0]["history"]) == TRAIN_EPOCHS
+
+    # 3. Start another job and cancel it: it stops and the runs table says so
+    epochs = dash_duo.find_element("#train-epochs")
+    epochs.clear()
+    epochs.send_keys("200")
+    wait_enabled(dash_duo, "#train-start")
+    click(dash_duo, "#train-start")
+    dash_duo.wait_for_contains_text("#train-stage", "training", timeout=60)
+    wait_enabled(dash_duo, "#train-cancel")
+    # closing the browser does not stop the job, and the reopened page follows it again
+    dash_duo.driver.get("about:blank")
+    time.sleep(1)
+    visit(dash_duo, "/train")
+    dash_duo.wait_for_contains_text("#train-stage", "training", timeout=60)
+    wait_enabled(dash_duo, "#train-cancel")
+    time.sleep(2)  # the renderer needs the background job's id before a cancel takes
+    click(dash_duo, "#train-cancel")
+    dash_duo.wait_for_contains_text("#train-result", "cancelled", timeout=120)
+    statuses = {r["run"]: r["status"] for r in jobs.list_runs(runs_dir)}
+    assert sorted(statuses.values()) == ["cancelled", "done"]
+    dash_duo.wait_for_contains_text("#runs-table", "cancelled", timeout=10)
+
+    # 4. Embeddings: deep link with a colour, lasso, top features, cells CSV
+    visit(dash_duo, "/embeddings", run=run_id, color="feat:rna:CD3E")
+    dash_duo.wait_for_element(".js-plotly-plot .scatterlayer, .js-plotly-plot canvas", timeout=60)
+    dash_duo.wait_for_contains_text(".gtitle", "rna:CD3E", timeout=30)
+    lasso_left_half(dash_duo)
+    dash_duo.wait_for_contains_text("#sel-info", "cells selected", timeout=30)
+    n_selected = int(dash_duo.find_element("#sel-info").text.split(" of ")[0].replace(",", ""))
+    assert 0 < n_selected < 3000
+    click(dash_duo, "#sel-rank")
+    dash_duo.wait_for_element("#sel-features", timeout=120)
+    shot(dash_duo, "embeddings")
+    click_id(dash_duo, {"role": "csv", "t": "selection-cells"})
+    cells_csv = wait_for_download(dash_duo.download_path, "_cells.csv")
+    assert len(cells_csv.read_text().strip().splitlines()) == n_selected + 1
+
+    # 5. Traversal: bars, profile and table; CSV and PNG downloads
+    visit(dash_duo, "/traversal", run=run_id, dim="1")
+    dash_duo.wait_for_element("#trav-features", timeout=60)
+    dash_duo.wait_for_contains_text(".gtitle", "z2", timeout=30)
+    shot(dash_duo, "traversal")
+    click_id(dash_duo, {"role": "csv", "t": "associated"})
+    trav_csv = wait_for_download(dash_duo.download_path, "_associated.csv")
+    assert trav_csv.read_text().startswith("dim,feature")
+    click_id(dash_duo, {"role": "export-png", "g": "traversal-bars"})
+    png = wait_for_download(dash_duo.download_path, ".png", timeout=90)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # 6. Generation: heatmaps side by side; prediction for a one-modality query, as CSV
+    write_query(data_dir / "demo.h5mu", data_dir / "query_rna.h5ad", n_cells=100)
+    visit(dash_duo, "/generation", run=run_id)
+    dash_duo.wait_for_contains_text("#gen-similarity", "cross-modal", timeout=60)
+    dash_duo.wait_for_contains_text(".js-plotly-plot", "generated from", timeout=30)
+    shot(dash_duo, "generation")
+    pick_option(dash_duo, "#gen-query", "query_rna.h5ad")
+    click(dash_duo, "#gen-query-run")
+    predicted = wait_for_download(dash_duo.download_path, "_prot_from_rna.csv", timeout=120)
+    assert len(predicted.read_text().strip().splitlines()) == 100 + 1
+
+    assert severe_logs(dash_duo) == []
