@@ -1,7 +1,8 @@
 """Child-process entry points of the app (``python -m app.worker COMMAND ...``).
 
-The Dash server never imports ``scmm`` (it imports torch); everything that
-needs the library runs here, in a separate process:
+The Dash server never imports torch (a forked background job could not use
+CUDA afterwards); everything that trains, decodes or reads raw data runs
+here, in a separate process:
 
 ``launch RUN_DIR``      start ``job RUN_DIR`` in a new session and return at once
 ``job RUN_DIR``         train (``python -m scmm train``), then analyse
@@ -40,11 +41,22 @@ def cmd_launch(args) -> int:
     return 0
 
 
+def _stage_env() -> dict:
+    """Environment of a stage: torch's CPU threads leave one core to the server and browser.
+
+    Two spinning OpenMP threads on a machine whose other core is busy slow
+    training by an order of magnitude; one thread fewer than the cores avoids it.
+    """
+    threads = str(max(1, (os.cpu_count() or 2) - 1))
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+
+
 def _run_stage(run_dir: Path, cmd: list[str]) -> int:
     with open(run_dir / jobs.LOG_FILE, "ab") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=_stage_env())
         _update_job(run_dir, child_pid=proc.pid)
         return proc.wait()
 
@@ -58,12 +70,6 @@ def _tail(path: Path) -> str:
         return ""
     errors = [line for line in lines if "error" in line.lower() and "warning" not in line.lower()]
     return (errors or lines or [""])[-1]
-
-
-def analysis_available() -> bool:
-    """True when this scmm has ``scmm.tl.analyze``."""
-    import importlib.util
-    return importlib.util.find_spec("scmm.tl.analyze") is not None
 
 
 def cmd_analyze(args) -> int:
@@ -92,7 +98,7 @@ def cmd_job(args) -> int:
         message = prog.get("message") or _tail(run_dir / jobs.LOG_FILE) or f"exit code {code}"
         _update_job(run_dir, stage="failed", message=message, finished=time.time())
         return 1
-    if spec.get("analyze", True) and analysis_available():
+    if spec.get("analyze", True):
         _update_job(run_dir, stage="analysing", message="clusters, UMAPs, traversal, heatmaps")
         code = _run_stage(run_dir, [sys.executable, "-m", "app.worker", "analyze", str(run_dir)])
         if code != 0:
@@ -107,7 +113,7 @@ def cmd_summarize(args) -> int:
     """Print ``{"ok": true, "summary": ..., "likelihoods": ...}`` or ``{"ok": false, "error": ...}``."""
     try:
         import scmm
-        from scmm.api import DEFAULT_LIKELIHOOD
+        from scmm.presets import DEFAULT_LIKELIHOOD
         from scmm.preprocess import modality_kind
         mdata = scmm.read(*args.path.split(","))
         summary = scmm.io.summarize(mdata)

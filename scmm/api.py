@@ -18,7 +18,6 @@ from .model.objective import normalise
 from .preprocess import LIBRARY_KEY, SPLIT_KEY, modality_kind
 from .train import TrainConfig, fit, pick_device
 
-DEFAULT_LIKELIHOOD = {"rna": "nb", "protein": "nb", "atac": "zinb"}
 LATENT_KEY = "X_scmm"
 
 
@@ -78,7 +77,8 @@ class SCMM:
         if missing:
             raise KeyError(f"modalities {missing} are not in the data (it has {list(mdata.mod)})")
         kinds = {n: modality_kind(n) for n in names}
-        self.likelihoods = {n: modalities.get(n, DEFAULT_LIKELIHOOD[kinds[n]]) for n in names}
+        self.likelihoods = {n: modalities.get(n, presets_mod.DEFAULT_LIKELIHOOD[kinds[n]])
+                            for n in names}
         self.preset = preset or presets_mod.default_preset(list(kinds.values()))
         settings = presets_mod.get_preset(self.preset)
         layer_sizes = {n: list((hidden or {}).get(n, settings["hidden"][kinds[n]])) for n in names}

@@ -11,6 +11,8 @@ which leaves paper-sized datasets at the paper's epochs.
 """
 from __future__ import annotations
 
+DEFAULT_LIKELIHOOD = {"rna": "nb", "protein": "nb", "atac": "zinb"}   # by modality kind
+
 PRESETS: dict[str, dict] = {
     # Paper, CITE-seq: 3 x 200 for both modalities, lr 2e-3, warm-up 10, at most 20 epochs.
     "cite": {

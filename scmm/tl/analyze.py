@@ -12,6 +12,7 @@ saves them into the run folder:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -32,14 +33,24 @@ def write_results(mdata, run_dir) -> Path:
     return path
 
 
-def load_heatmap_tables(run_dir) -> dict | None:
+def labels_digest(labels) -> str:
+    """A short hash of cluster labels (to tell whether saved tables match the current clusters)."""
+    text = "\n".join(map(str, labels))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def load_heatmap_tables(run_dir, labels=None) -> dict | None:
     """The cluster x feature tables saved by :func:`analyze` (same keys as
-    :func:`scmm.tl.heatmap_tables`), or None when the run has none."""
+    :func:`scmm.tl.heatmap_tables`), or None when the run has none, or when
+    ``labels`` (current clusters) differ from those the tables were made with."""
     folder = Path(run_dir) / ANALYSIS_DIR
     summary = folder / "summary.json"
     if not summary.exists():
         return None
-    keys = json.loads(summary.read_text()).get("heatmap_tables", [])
+    saved = json.loads(summary.read_text())
+    if labels is not None and saved.get("cluster_digest") != labels_digest(labels):
+        return None
+    keys = saved.get("heatmap_tables", [])
     out = {}
     for key in keys:
         target, kind = key.split("|", 1)
@@ -120,6 +131,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     summary = {
         "n_cells": int(mdata.n_obs), "n_clusters": int(n_clusters),
         "cluster_sizes": {str(c): int(v) for c, v in labels.value_counts(sort=False).items()},
+        "cluster_digest": labels_digest(labels),
         "cluster_params": {"k": k, "resolution": resolution, "method": method, "seed": seed},
         "heatmap_tables": [key for key in tables if key != "similarity"],
         "similarity": tables["similarity"].to_dict(orient="records") if tables else [],

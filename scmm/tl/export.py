@@ -157,6 +157,7 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
     ``{"tables": [...], "figures": [...]}`` (paths).
     """
     from .analyze import analyze, load_heatmap_tables
+    from .heatmap import heatmap_tables
     from .metrics import query_metrics
     from .traversal import traverse
     from ..api import SCMM
@@ -165,17 +166,20 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
     if model.mdata is None:
         raise FileNotFoundError(f"{run_dir} has no results.h5mu: train and save the run first")
     mdata = model.mdata
-    if "scmm_cluster" not in mdata.obs or "X_umap_scmm" not in mdata.obsm \
-            or load_heatmap_tables(run_dir) is None:
+    if "scmm_cluster" not in mdata.obs or "X_umap_scmm" not in mdata.obsm:
         analyze(run_dir)
         model = SCMM.load(run_dir)
         mdata = model.mdata
     out = _out_dir(out)
     trav = traverse(model, run_dir=run_dir)
-    tables = load_heatmap_tables(run_dir)
+    labels = mdata.obs["scmm_cluster"].astype(str)
+    tables = load_heatmap_tables(run_dir, labels)
+    fresh = tables is None  # clusters changed since analyze (e.g. `scmm cluster`): recompute
+    if fresh:
+        tables = heatmap_tables(model, mdata)
     written = [export_latents(mdata, out / "latents.csv")]
     saved_markers = run_dir / "analysis" / "markers.csv"
-    if saved_markers.exists():
+    if saved_markers.exists() and not fresh:
         shutil.copyfile(saved_markers, out / "markers.csv")
         written.append(out / "markers.csv")
     else:
