@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .presets import PRESETS
+
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="preprocess a dataset, train scMM, save a run folder")
     train.add_argument("data", help=".h5mu, 10x .h5 / mtx folder, or .h5ad files (comma-separated)")
     train.add_argument("--out", required=True, help="run folder to write")
-    train.add_argument("--preset", choices=["cite", "atac", "cite-large-batch"], default=None,
+    train.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="paper preset (default: atac when a modality is ATAC, else cite)")
     train.add_argument("--likelihood", action="append", metavar="MOD=nb|zinb",
                        help="likelihood of a modality (repeatable)")

@@ -30,6 +30,11 @@ PRESETS: dict[str, dict] = {
         "hidden": {"rna": [200, 200, 200], "protein": [200, 200, 200], "atac": [200, 200, 200]},
         "lr": 6e-3, "epochs": 20, "warmup": 10, "patience": 10, "batch_size": 1024, "min_steps": 1000,
     },
+    # Large-batch variant of "atac" for GPUs, scaled the same way.
+    "atac-large-batch": {
+        "hidden": {"rna": [500, 500], "atac": [100, 100], "protein": [100, 100]},
+        "lr": 3e-4, "epochs": 100, "warmup": 50, "patience": 10, "batch_size": 1024, "min_steps": 1000,
+    },
 }
 
 
