@@ -16,11 +16,6 @@ from scmm.tl.heatmap import rank_features as _rank_features
 from scmm.tl.traversal import CACHE_NAME, Traversal
 
 
-def traversal_class():
-    """``scmm.tl.traversal.Traversal``."""
-    return Traversal
-
-
 def load_traversal(run_dir: str | Path):
     """The run's cached traversal (``traversal.npz``), or None when it has none."""
     path = Path(run_dir) / CACHE_NAME

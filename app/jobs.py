@@ -13,8 +13,8 @@ in the run folder, never in this process:
 ``config.json``    present once the model is saved (also for CLI runs).
 
 So a reopened browser, another server process, or a queue-based manager
-(Dash ``CeleryManager``) can find and follow the same jobs.  This module never
-imports ``scmm`` (and so never imports torch).
+(Dash ``CeleryManager``) can find and follow the same jobs.  It uses only
+torch-free parts of ``scmm`` (the progress file's atomic writer).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from scmm.cli import write_json_atomic
 
 JOB_FILE = "job.json"
 PROGRESS_FILE = "progress.json"
@@ -43,13 +45,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
 
 
 def pid_alive(pid) -> bool:

@@ -19,7 +19,7 @@ def make_run(path: str | Path, n_cells: int = 2000, n_genes: int = 300, n_prots:
     """Write a synthetic analysed run with modalities ``rna`` and ``prot`` into ``path``."""
     import anndata as ad
     import mudata as md
-    from app.engine import traversal_class
+    from scmm.tl.traversal import Traversal
     md.set_options(pull_on_update=False)
     rng = np.random.default_rng(seed)
     path = Path(path)
@@ -54,7 +54,7 @@ def make_run(path: str | Path, n_cells: int = 2000, n_genes: int = 300, n_prots:
                                                   "status": "completed"}))
     (path / "progress.json").write_text(json.dumps({"status": "done", "epoch": 5, "epochs": 5,
                                                     "history": history, "pid": 0}))
-    _traversal(traversal_class(), path, rng, latent_dim, {"rna": genes, "prot": prots})
+    _traversal(Traversal, path, rng, latent_dim, {"rna": genes, "prot": prots})
     _tables(path, rng, n_clusters, {"rna": genes[:12], "prot": prots[:8]})
     return path
 

@@ -41,10 +41,6 @@ class CSRRows:
         out[row_of, cols] = vals
         return out, (row_of, cols, vals)
 
-    def dense(self, rows: torch.Tensor) -> torch.Tensor:
-        """Dense float32 block of the given rows."""
-        return self.cut(rows)[0]
-
 
 class MultiModalBatches:
     """Row batches of several modalities of the same cells, with their library sizes."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from .presets import PRESETS
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, path)
@@ -34,7 +35,7 @@ class ProgressFile:
         self.state.update(changes)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(self.path, self.state)
+            write_json_atomic(self.path, self.state)
 
     def __call__(self, record: dict) -> None:
         self.state["history"].append(record)

@@ -82,7 +82,7 @@ def test_cancel_touches_file_and_signals(tmp_path):
 
 def test_server_modules_do_not_import_torch():
     code = ("import sys, app.main, app.data_access, app.engine; "
-            "app.engine.traversal_class(); print('torch' in sys.modules)")
+            "app.engine.load_traversal('.'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
