@@ -1,8 +1,10 @@
 """Reusable layout pieces: a figure card with PNG/SVG/PDF export, a CSV button, tables.
 
-Every figure is shown through :func:`figure_card`; one pattern-matching
-callback (:func:`register`) renders the figure the browser holds with kaleido
-and sends it as a download, so every figure exports the same way.
+Every figure is shown through :func:`figure_card`, and each page registers
+its cards' export with :func:`register_export`: the server rebuilds the
+figure from its own data and the page's controls (never from figure JSON the
+browser sends), renders it with kaleido in one of the server's work slots
+(:func:`app.processes.work_slot`) and sends it with a sanitised file name.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import re
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import MATCH, Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, ctx, dcc, html, no_update
+
+from app import processes
 
 #: dcc.Graph config: modebar PNG export at 2x, no plotly.com links
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},
@@ -42,6 +46,7 @@ def figure_card(name: str, figure=None, title: str | None = None, height: int | 
                 width="auto")], className="g-2"))
     body = dcc.Loading(graph, delay_show=400) if loading else graph
     return dbc.Card([header, dbc.CardBody([body, *(extra or [])]),
+                     html.Div(id={"role": "export-msg", "g": name}, className="small"),
                      dcc.Download(id={"role": "download", "g": name})], className="mb-3")
 
 
@@ -76,28 +81,41 @@ def table(frame: pd.DataFrame, max_rows: int = 30, link=None, id=None) -> dbc.Ta
                      responsive=True, className="small mb-0", **kwargs)
 
 
-def safe_name(text: str) -> str:
-    """A file-name-safe version of ``text``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "figure"
+def safe_name(text: str, max_len: int = 100) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``_.-``; no leading dot; bounded length)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.")[:max_len]
+    return name or "figure"
 
 
-def register(app) -> None:
-    """Register the figure-export callback (one for every figure card)."""
+EXPORT_FORMATS = ("png", "svg", "pdf")
 
-    @app.callback(Output({"role": "download", "g": MATCH}, "data"),
-                  Input({"role": "export-png", "g": MATCH}, "n_clicks"),
-                  Input({"role": "export-svg", "g": MATCH}, "n_clicks"),
-                  Input({"role": "export-pdf", "g": MATCH}, "n_clicks"),
-                  State({"role": "graph", "g": MATCH}, "figure"),
-                  prevent_initial_call=True)
-    def export_figure(_png, _svg, _pdf, figure):
-        """Render the figure as the browser holds it (with kaleido) and download it."""
+
+def register_export(app, cfg, name: str, states: list, build, filename) -> None:
+    """Export figure card ``name`` as PNG / SVG / PDF, rebuilt on the server.
+
+    ``build(*state_values)`` returns the figure (or None when there is nothing to
+    export) from the server's own data, the values of ``states`` being only
+    the page's control settings (checked by ``build`` like any client input);
+    ``filename(*state_values)`` gives the file's stem (sanitised here).
+    """
+    inputs = [Input({"role": f"export-{fmt}", "g": name}, "n_clicks") for fmt in EXPORT_FORMATS]
+
+    @app.callback(Output({"role": "download", "g": name}, "data"),
+                  Output({"role": "export-msg", "g": name}, "children"),
+                  *inputs, *states, prevent_initial_call=True)
+    def export_figure(*args):
         from app import figures
         trig = ctx.triggered_id
-        if not trig or not figure:
-            return no_update
+        if not trig:
+            return no_update, no_update
+        values = args[len(EXPORT_FORMATS):]
         fmt = trig["role"].split("-", 1)[1]
-        # kaleido starts a headless Chromium per call (~3 s); its persistent server
-        # (kaleido.start_sync_server) would make this ~0.3 s but hangs interpreter exit
-        data = figures.to_image(figure, fmt)
-        return dcc.send_bytes(data, f"scmm_{safe_name(trig['g'])}.{fmt}")
+        figure = build(*values)
+        if figure is None:
+            return no_update, "nothing to export yet"
+        try:
+            with processes.work_slot(cfg.slots_dir, cfg.work_slots, wait=60):
+                data = figures.to_image(figure, fmt)
+        except processes.Busy as err:
+            return no_update, dbc.Alert(str(err), color="warning", className="py-1 mt-2")
+        return dcc.send_bytes(data, f"{safe_name(filename(*values))}.{fmt}"), ""

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from app import jobs
+from scmm import runfolder
+
+from app import processes
 
 DATA_SUFFIXES = (".h5mu", ".h5ad", ".h5")
 CLUSTER_KEY = "scmm_cluster"
@@ -31,26 +32,78 @@ HIDDEN_OBS = {"scmm_split"}
 
 
 # ------------------------------------------------------------------ datasets
+UPLOADS = "uploads"
+
+
+def upload_label(path: Path) -> str | None:
+    """The original file name an upload was stored under (its metadata file), if any."""
+    try:
+        meta = runfolder.read_json(path.with_suffix(".json"), max_bytes=64 * 1024)
+    except runfolder.RunFileError:
+        return None
+    name = meta.get("original_name") if isinstance(meta, dict) else None
+    return str(name)[:200] if isinstance(name, str) else None
+
+
 def list_datasets(data_dir: str | Path) -> list[dict]:
     """Datasets in ``data_dir``: ``.h5mu`` / ``.h5ad`` / 10x ``.h5`` files and 10x mtx folders.
 
-    Returns ``[{"label", "value"}]`` (value: the absolute path), demo first.
+    Returns ``[{"label", "value"}]``, demo first; ``value`` is the dataset id (its
+    path relative to ``data_dir``), the only name a client ever sends back.
+    Links that lead outside ``data_dir`` are not listed.
     """
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).resolve()
     if not data_dir.is_dir():
         return []
     found = []
-    folders = [data_dir] + ([data_dir / "uploads"] if (data_dir / "uploads").is_dir() else [])
-    for p in sorted(q for folder in folders for q in folder.iterdir()):
-        if p.name.startswith("."):
+    folders = [data_dir] + ([data_dir / UPLOADS] if (data_dir / UPLOADS).is_dir() else [])
+    for folder in folders:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
             continue
-        if p.is_file() and p.suffix in DATA_SUFFIXES:
-            found.append(p)
-        elif p.is_dir() and any((p / f).exists() for f in ("matrix.mtx", "matrix.mtx.gz")):
-            found.append(p)
-    found.sort(key=lambda p: (p.stem != "demo", p.name))
-    return [{"label": str(p.relative_to(data_dir)) + (" (built-in demo)" if p.stem == "demo" else ""),
-             "value": str(p.resolve())} for p in found]
+        for p in entries:
+            if p.name.startswith(".") or not _inside(p, data_dir):
+                continue
+            try:
+                if p.is_file() and p.suffix in DATA_SUFFIXES:
+                    found.append(p)
+                elif p.is_dir() and any((p / f).exists() for f in ("matrix.mtx", "matrix.mtx.gz")):
+                    found.append(p)
+            except OSError:
+                continue
+    found.sort(key=lambda p: (p.stem != "demo", p.parent.name == UPLOADS, p.name))
+    out = []
+    for p in found:
+        label = str(p.relative_to(data_dir))
+        original = upload_label(p) if p.parent.name == UPLOADS else None
+        if original:
+            label = f"{original} (uploaded)"
+        elif p.stem == "demo" and p.parent == data_dir:
+            label += " (built-in demo)"
+        out.append({"label": label, "value": str(p.relative_to(data_dir))})
+    return out
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
+
+
+def resolve_dataset(data_dir: str | Path, dataset_id) -> Path | None:
+    """The path of dataset ``dataset_id`` when it is one of :func:`list_datasets`'s ids, else None."""
+    if not isinstance(dataset_id, str) or "\x00" in dataset_id or len(dataset_id) > 300:
+        return None
+    if dataset_id not in {d["value"] for d in list_datasets(data_dir)}:
+        return None
+    return (Path(data_dir).resolve() / dataset_id).resolve()
+
+
+def dataset_label(data_dir: str | Path, dataset_id: str) -> str:
+    """The label of a dataset id (the id itself when unknown)."""
+    return next((d["label"] for d in list_datasets(data_dir) if d["value"] == dataset_id), str(dataset_id))
 
 
 def _file_key(path: Path) -> str:
@@ -62,36 +115,47 @@ def _file_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:16]
 
 
-def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300) -> dict:
+def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300, slots: int = 1,
+              wait: float = 60) -> dict:
     """The reader's summary of ``path`` (or its error), computed in a child process and cached.
 
     Returns ``{"ok": True, "summary": {...}, "likelihoods": {...}, "kinds": {...},
-    "obs_columns": [...]}`` or ``{"ok": False, "error": message}``.
+    "obs_columns": [...]}`` or ``{"ok": False, "error": message}``.  Failures are
+    cached too (keyed by the file's size and mtime, so a replaced file is read
+    again).  The child runs in one of the server's ``slots`` work slots; when
+    none frees up within ``wait`` seconds the result says the server is busy.
     """
     path = Path(path)
     cache = Path(cache_dir) / "summaries" / f"{_file_key(path)}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    proc = subprocess.run([sys.executable, "-m", "app.worker", "summarize", str(path)],
-                          capture_output=True, text=True, timeout=timeout, cwd=str(jobs._ROOT))
     try:
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"ok": False, "error": (proc.stderr.strip().splitlines() or ["the reader crashed"])[-1]}
-    if out.get("ok"):
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        jobs.write_json_atomic(cache, out)
+        cached = runfolder.read_json(cache)
+    except runfolder.RunFileError:
+        cached = None
+    if isinstance(cached, dict) and "ok" in cached:
+        return cached
+    try:
+        with processes.work_slot(Path(cache_dir) / "slots", slots, wait=wait):
+            proc = processes.run_child(processes.python_command("app.worker", "summarize", path), timeout)
+    except processes.Busy as err:
+        return {"ok": False, "error": str(err), "busy": True}
+    except subprocess.TimeoutExpired:
+        out = {"ok": False, "error": f"reading the file took longer than {timeout:.0f} s"}
+    else:
+        try:
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            lines = proc.stderr.strip().splitlines()
+            out = {"ok": False, "error": (lines or [f"the reader crashed (exit code {proc.returncode})"])[-1]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    runfolder.write_json_atomic(cache, out)
     return out
 
 
 # ---------------------------------------------------------------------- runs
-def resolve_run(runs_dir: str | Path, run_id: str | None) -> Path | None:
-    """The folder of run ``run_id`` under ``runs_dir`` (None when absent or outside it)."""
-    if not run_id:
-        return None
-    root = Path(runs_dir).resolve()
-    path = (root / str(run_id)).resolve()
-    if path.parent != root or not jobs.is_run_dir(path):
+def resolve_run(runs_dir: str | Path, run_id) -> Path | None:
+    """The folder of run ``run_id`` under ``runs_dir`` (None when absent, outside it or not a run)."""
+    path = runfolder.resolve_inside(runs_dir, run_id)
+    if path is None or not runfolder.is_run_dir(path):
         return None
     return path
 
@@ -99,7 +163,7 @@ def resolve_run(runs_dir: str | Path, run_id: str | None) -> Path | None:
 def results_mtime(run_dir: Path) -> float:
     """mtime of the run's results file (0 when it has none)."""
     try:
-        return (Path(run_dir) / jobs.RESULTS_FILE).stat().st_mtime
+        return (Path(run_dir) / runfolder.RESULTS_FILE).stat().st_mtime
     except OSError:
         return 0.0
 
@@ -118,10 +182,12 @@ class RunView:
         self.id = self.path.name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.mdata = md.read_h5mu(self.path / jobs.RESULTS_FILE)
-        self.config = json.loads((self.path / jobs.CONFIG_FILE).read_text()) \
-            if (self.path / jobs.CONFIG_FILE).exists() else {}
+            self.mdata = md.read_h5mu(self.path / runfolder.RESULTS_FILE)
+        self.config = runfolder.read_config(self.path)
         self.modalities = list(self.config.get("modalities") or self.mdata.mod)
+        missing = [m for m in self.modalities if m not in self.mdata.mod]
+        if missing:
+            raise ValueError(f"{runfolder.RESULTS_FILE} lacks the modalities {missing} of the model")
         self.cell_ids = np.asarray(self.mdata.obs_names.astype(str))
         self.n_cells = len(self.cell_ids)
         self._csc: dict[str, tuple] = {}
@@ -275,11 +341,32 @@ def _load(run_dir: str, mtime: float) -> RunView:
     return RunView(Path(run_dir))
 
 
+#: why a run could not be opened, by (folder, results mtime)
+_PROBLEMS: dict[tuple[str, float], str] = {}
+
+
 def get_run(run_dir: str | Path | None) -> RunView | None:
-    """The cached :class:`RunView` of ``run_dir`` (None when it has no results yet)."""
+    """The cached :class:`RunView` of ``run_dir`` (None when it has no results or cannot be read).
+
+    A run whose files are malformed gives None; :func:`run_problem` says why.
+    """
     if run_dir is None:
         return None
     mtime = results_mtime(Path(run_dir))
     if not mtime:
         return None
-    return _load(str(Path(run_dir).resolve()), mtime)
+    key = (str(Path(run_dir).resolve()), mtime)
+    if key in _PROBLEMS:
+        return None
+    try:
+        return _load(*key)
+    except Exception as err:  # any malformed file: the run is listed as unreadable, the page says why
+        _PROBLEMS[key] = f"{type(err).__name__}: {err}"[:500]
+        return None
+
+
+def run_problem(run_dir: str | Path | None) -> str | None:
+    """Why :func:`get_run` could not open ``run_dir`` (None when it could, or never tried)."""
+    if run_dir is None:
+        return None
+    return _PROBLEMS.get((str(Path(run_dir).resolve()), results_mtime(Path(run_dir))))

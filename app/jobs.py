@@ -1,211 +1,379 @@
-"""Training jobs: start, progress, cancel, list.
+"""Training jobs: a queue with a concurrency limit, server-issued job ids, progress, cancel, list.
 
-A job is a child process tree started from here and detached from the Dash
-server (``python -m app.worker job RUN_DIR``, which runs ``python -m scmm
-train ...`` and then ``python -m scmm analyze RUN_DIR``).  All job state lives
-in the run folder, never in this process:
+The browser names a job only by the id this module issued.  The queue's own
+records live in ``RUNS_DIR/.scmm-jobs/<job id>.json``, written only by the
+server (a run folder, which anyone with the runs folder can write, is never
+trusted for a pid): the job's dataset, options, state, and the worker's pid
+and creation time.  A job can be cancelled only through its record, and
+cancelling ends the worker's whole process group (training or analysis
+included).  Records survive the server, so a restarted server re-attaches to
+running jobs and starts the queued ones.
 
-``job.json``       what was asked (data, options) and the job's stage
-                   (``training`` / ``analysing`` / ``done`` / ``failed`` /
-                   ``cancelled``), written by the worker;
-``progress.json``  written every epoch by ``scmm train --progress-file``;
-``CANCEL``         created by :func:`cancel`; training stops at the next batch;
-``config.json``    present once the model is saved (also for CLI runs).
-
-So a reopened browser, another server process, or a queue-based manager
-(Dash ``CeleryManager``) can find and follow the same jobs.  It uses only
-torch-free parts of ``scmm`` (the progress file's atomic writer).
+A job runs ``python -m app.worker job RUN_DIR`` in its own session: it trains
+(``python -m scmm train``), then analyses; its stage goes to the run folder's
+``job.json`` and the epochs to ``progress.json`` (see :mod:`scmm.runfolder`).
+Jobs start in submission order while fewer than ``max_running`` run (default:
+one per GPU, one on a CPU-only machine).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
-from scmm.cli import write_json_atomic
+from scmm import runfolder
+from scmm.runfolder import RunFileError
 
-JOB_FILE = "job.json"
-PROGRESS_FILE = "progress.json"
-CANCEL_FILE = "CANCEL"
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.h5mu"
-LOG_FILE = "job.log"
-TERMINAL = ("done", "failed", "cancelled")
-# the project root, so ``python -m app.worker`` resolves when the server was started elsewhere
-_ROOT = Path(__file__).resolve().parent.parent
+from app import processes
 
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+QUEUE_DIR = ".scmm-jobs"
+STATES = ("queued", "running", "done", "failed", "cancelled")
+TERMINAL = runfolder.TERMINAL
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+#: the same request within this many seconds returns the job it already started
+DUPLICATE_WINDOW_S = 30.0
+#: a cancelled job's process group is killed outright after this grace period
+KILL_AFTER_S = 20.0
 
 
-def pid_alive(pid) -> bool:
-    """True when process ``pid`` exists on this host and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        import psutil
-        proc = psutil.Process(int(pid))
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except Exception:  # NoSuchProcess, AccessDenied, psutil missing
-        try:
-            os.kill(int(pid), 0)
-            return True
-        except OSError:
-            return False
+def gpu_count() -> int:
+    """NVIDIA GPUs visible to this machine, read from the driver (no torch import)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    folder = Path("/proc/driver/nvidia/gpus")
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
 
 
-def new_run_name(data_path: str | Path, runs_dir: str | Path) -> str:
-    """A fresh, readable run folder name: ``<dataset>-<YYYYmmdd-HHMMSS>``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(data_path).split(",")[0]).name.split(".")[0])
+def default_max_running() -> int:
+    """One training per GPU; one on a CPU-only machine."""
+    return max(1, gpu_count())
+
+
+def new_run_name(dataset_label: str, runs_dir: Path) -> str:
+    """A readable run name, ``<dataset>-<YYYYmmdd-HHMMSS>``, created (mkdir) so it is never reused."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset_label).name.split(".")[0])[:60].strip("_")
     base = f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, i = base, 1
-    while (Path(runs_dir) / name).exists():
-        i += 1
-        name = f"{base}-{i}"
-    return name
+    for i in range(1, 1000):
+        name = base if i == 1 else f"{base}-{i}"
+        try:
+            (runs_dir / name).mkdir(parents=True)
+            return name
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run name for {base}")
 
 
-def train_command(data_path: str, run_dir: Path, options: dict) -> list[str]:
-    """The ``python -m scmm train`` command line for ``options``.
+class JobQueue:
+    """The server's training queue over ``runs_dir`` (safe across threads and server processes)."""
 
-    ``options`` keys: preset, epochs, lr, latent_dim, device, seed (None/absent = default).
-    """
-    cmd = [sys.executable, "-m", "scmm", "train", str(data_path), "--out", str(run_dir),
-           "--progress-file", str(run_dir / PROGRESS_FILE),
-           "--cancel-file", str(run_dir / CANCEL_FILE), "--quiet"]
-    flags = {"preset": "--preset", "epochs": "--epochs", "lr": "--lr",
-             "latent_dim": "--latent-dim", "device": "--device", "seed": "--seed"}
-    for key, flag in flags.items():
-        value = options.get(key)
-        if value not in (None, ""):
-            cmd += [flag, str(value)]
-    return cmd
+    def __init__(self, runs_dir: str | Path, max_running: int | None = None):
+        self.runs_dir = Path(runs_dir).resolve()
+        self.folder = self.runs_dir / QUEUE_DIR
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only runs folder: pages still work, Train says why it cannot start
+            pass
+        self.max_running = max_running or default_max_running()
+        self._children: dict[str, subprocess.Popen] = {}   # workers this process started
+        self._thread_lock = threading.Lock()
+
+    # --------------------------------------------------------------- records
+    @contextlib.contextmanager
+    def _locked(self):
+        with self._thread_lock, open(self.folder / "lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _path(self, job_id: str) -> Path:
+        return self.folder / f"{job_id}.json"
+
+    def _write(self, record: dict) -> None:
+        runfolder.write_json_atomic(self._path(record["job_id"]), record)
+
+    def get(self, job_id) -> dict | None:
+        """The record of ``job_id`` (None for an id this queue did not issue)."""
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            return None
+        try:
+            record = runfolder.read_json(self._path(job_id))
+        except RunFileError:
+            return None
+        return record if isinstance(record, dict) and record.get("job_id") == job_id else None
+
+    def records(self) -> list[dict]:
+        """Every record, oldest first."""
+        out = []
+        if not self.folder.is_dir():
+            return out
+        for path in self.folder.glob("*.json"):
+            record = self.get(path.stem)
+            if record is not None:
+                out.append(record)
+        return sorted(out, key=lambda r: r.get("submitted", 0))
+
+    def by_run(self) -> dict[str, dict]:
+        """``{run name: record}``."""
+        return {r["run"]: r for r in self.records()}
+
+    def position(self, job_id: str) -> int | None:
+        """1-based place of a queued job in the queue (None when it is not queued)."""
+        queued = [r["job_id"] for r in self.records() if r["state"] == "queued"]
+        return queued.index(job_id) + 1 if job_id in queued else None
+
+    # ---------------------------------------------------------------- submit
+    def submit(self, dataset: Path, dataset_label: str, options: dict, analyze: bool = True) -> dict:
+        """Queue a training of ``dataset`` (a server-resolved path); return its record.
+
+        The same request again within :data:`DUPLICATE_WINDOW_S` returns the
+        first job (with ``"duplicate": True``) instead of starting a second.
+        Raises ``OSError`` when the runs folder cannot be written.
+        """
+        key = hashlib.sha1(json.dumps([str(dataset), options, analyze], sort_keys=True).encode()).hexdigest()
+        runfolder.check_writable(self.folder, need_bytes=50 * 2 ** 20)
+        with self._locked():
+            now = time.time()
+            for record in self.records():
+                if record.get("request_key") == key and record["state"] in ("queued", "running") \
+                        and now - record.get("submitted", 0) < DUPLICATE_WINDOW_S:
+                    return {**record, "duplicate": True}
+            runfolder.check_writable(self.runs_dir, need_bytes=50 * 2 ** 20)
+            run = new_run_name(dataset_label, self.runs_dir)
+            job_id = secrets.token_hex(8)
+            record = {"job_id": job_id, "run": run, "dataset": str(dataset), "dataset_label": dataset_label,
+                      "options": options, "analyze": analyze, "state": "queued", "submitted": now,
+                      "started": None, "finished": None, "pid": None, "pid_created": None,
+                      "cancel_requested": None, "message": "queued", "request_key": key}
+            runfolder.write_json_atomic(self.runs_dir / run / runfolder.JOB_FILE, {
+                "job_id": job_id, "run": run, "dataset": str(dataset), "options": options,
+                "analyze": analyze, "stage": "queued", "created": now, "message": "queued"})
+            self._write(record)
+        self.tick()
+        return self.get(job_id) or record
+
+    # ------------------------------------------------------------ scheduling
+    def tick(self) -> None:
+        """Reap finished or dead workers, enforce cancels, start queued jobs while slots are free."""
+        if not self.folder.is_dir():
+            return
+        with self._locked():
+            records = self.records()
+            for record in records:
+                if record["state"] == "running":
+                    self._check_running(record)
+            running = sum(r["state"] == "running" for r in records)
+            for record in records:
+                if record["state"] == "queued" and running < self.max_running:
+                    self._start(record)
+                    running += 1
+
+    def _start(self, record: dict) -> None:
+        run_dir = self.runs_dir / record["run"]
+        try:
+            proc = processes.spawn_session(processes.python_command("app.worker", "job", run_dir),
+                                           run_dir / runfolder.LOG_FILE)
+        except OSError as err:
+            self._finish(record, "failed", f"could not start the job: {err}")
+            return
+        self._children[record["job_id"]] = proc
+        record.update(state="running", started=time.time(), pid=proc.pid,
+                      pid_created=processes.process_identity(proc.pid), message="started")
+        self._write(record)
+
+    def _exit_note(self, job_id: str) -> str:
+        proc = self._children.pop(job_id, None)
+        code = proc.poll() if proc is not None else None
+        if code is None:
+            return ""
+        return f" (killed by signal {-code})" if code < 0 else f" (exit code {code})"
+
+    def _check_running(self, record: dict) -> None:
+        child = self._children.get(record["job_id"])
+        if child is not None:
+            child.poll()  # reap a finished worker of this process (no zombie)
+        alive = processes.same_process(record["pid"], record["pid_created"])
+        if alive:
+            asked = record.get("cancel_requested")
+            if asked and time.time() - asked > KILL_AFTER_S:
+                processes.kill_group(record["pid"], signal.SIGKILL)
+            return
+        # the worker is gone: end whatever is left of its group, then read its last word
+        processes.kill_group(record["pid"], signal.SIGKILL)
+        run_dir = self.runs_dir / record["run"]
+        try:
+            job = runfolder.read_job(run_dir) or {}
+        except RunFileError as err:
+            job = {"stage": "failed", "message": f"unreadable job file: {err}"}
+        stage = job.get("stage")
+        if stage in TERMINAL:
+            self._finish(record, stage, job.get("message") or stage)
+            self._children.pop(record["job_id"], None)
+            return
+        if record.get("cancel_requested"):
+            state, message = "cancelled", "cancelled by the user"
+        else:
+            state = "failed"
+            message = (f"the job's worker process stopped unexpectedly during {stage or 'start-up'}"
+                       f"{self._exit_note(record['job_id'])}; nothing was saved" +
+                       ("" if stage != "analysing" else " beyond the trained model"))
+        self._mark_job(run_dir, state, message)
+        self._finish(record, state, message)
+
+    def _mark_job(self, run_dir: Path, stage: str, message: str) -> None:
+        try:
+            job = runfolder.read_json(run_dir / runfolder.JOB_FILE)
+        except RunFileError:
+            job = None
+        job = job if isinstance(job, dict) else {}
+        job.update(stage=stage, message=message, finished=time.time())
+        try:
+            runfolder.write_json_atomic(run_dir / runfolder.JOB_FILE, job)
+        except OSError:
+            pass  # the queue record below still tells the truth
+
+    def _finish(self, record: dict, state: str, message: str) -> None:
+        record.update(state=state, message=message, finished=time.time())
+        self._write(record)
+
+    # ---------------------------------------------------------------- cancel
+    def cancel(self, job_id) -> str:
+        """Cancel job ``job_id``; returns what happened, in words.
+
+        Only jobs of this queue can be cancelled; a running one gets the
+        ``CANCEL`` file and SIGTERM to its whole process group (SIGKILL
+        after :data:`KILL_AFTER_S`).
+        """
+        with self._locked():
+            record = self.get(job_id)
+            if record is None:
+                return "unknown job"
+            if record["state"] in TERMINAL:
+                return f"the job had already {record['state'] if record['state'] != 'done' else 'finished'}"
+            run_dir = self.runs_dir / record["run"]
+            if record["state"] == "queued":
+                self._mark_job(run_dir, "cancelled", "cancelled before it started")
+                self._finish(record, "cancelled", "cancelled before it started")
+                return f"removed {record['run']} from the queue"
+            record["cancel_requested"] = time.time()
+            self._write(record)
+            try:
+                (run_dir / runfolder.CANCEL_FILE).touch()
+            except OSError:
+                pass
+            if processes.same_process(record["pid"], record["pid_created"]):
+                processes.kill_group(record["pid"], signal.SIGTERM)
+        return f"cancelling {record['run']}…"
+
+    def wait(self, job_id: str, timeout: float = 600, poll: float = 0.5) -> dict:
+        """Block until the job ends (for scripts and tests); returns its record."""
+        deadline = time.time() + timeout
+        while True:
+            self.tick()
+            record = self.get(job_id)
+            if record is None or record["state"] in TERMINAL or time.time() > deadline:
+                return record
+            time.sleep(poll)
+
+    def run_forever(self, interval: float = 1.0, stop: threading.Event | None = None) -> None:
+        """Tick every ``interval`` seconds until ``stop`` is set (the server's scheduler thread)."""
+        stop = stop or threading.Event()
+        while not stop.wait(interval):
+            try:
+                self.tick()
+            except Exception as err:  # keep scheduling; the next tick retries
+                print(f"scmm-app: job queue: {type(err).__name__}: {err}", flush=True)
 
 
-def start(data_path: str | Path, runs_dir: str | Path, options: dict | None = None,
-          name: str | None = None, analyze: bool = True) -> str:
-    """Start training ``data_path`` in a detached child process; return the run folder path.
-
-    The worker is started through a short-lived launcher, so it is re-parented
-    away from the server: closing the browser, a cancelled background callback
-    or a restarted server leave it running.  Use :func:`cancel` to stop it.
-    """
-    runs_dir = Path(runs_dir)
-    run_dir = runs_dir / (name or new_run_name(data_path, runs_dir))
-    run_dir.mkdir(parents=True, exist_ok=False)
-    spec = {"run": run_dir.name, "data": str(data_path), "options": dict(options or {}),
-            "analyze": analyze, "stage": "queued", "created": time.time(), "message": "starting"}
-    write_json_atomic(run_dir / JOB_FILE, spec)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in [str(_ROOT), os.environ.get("PYTHONPATH", "")] if p)}
-    # the launcher starts the worker in a new session and exits at once (double fork)
-    subprocess.run([sys.executable, "-m", "app.worker", "launch", str(run_dir)], env=env,
-                   cwd=str(_ROOT), check=True, timeout=60)
-    return str(run_dir)
+# ------------------------------------------------------------------- state
+def _stage(job: dict | None, prog: dict | None, record: dict | None, has_model: bool) -> tuple[str, str]:
+    """(status, message) from the queue record, job.json and progress.json."""
+    if record is not None and record["state"] in ("queued", "failed", "cancelled"):
+        return record["state"], record.get("message", "")
+    if job is not None:
+        status = job["stage"]
+        message = job["message"]
+        if status in ("queued", "training") and prog is not None:
+            status = {"running": "training", "saving": "saving", "done": "saving"}.get(prog["status"], status)
+            message = prog["message"] or status
+        return status, message
+    if prog is not None:  # trained from the command line
+        status = {"running": "training", "saving": "saving"}.get(prog["status"], prog["status"])
+        return status, prog["message"] or ("trained with scmm train" if status == "done" else status)
+    return ("done", "trained with scmm train") if has_model else ("unreadable", "no job, progress or model")
 
 
-def _stage_from_progress(prog: dict) -> str:
-    status = prog.get("status")
-    return {"running": "training", "saving": "saving"}.get(status, status or "queued")
+def progress(run_dir: str | Path, record: dict | None = None) -> dict:
+    """The state of the run in ``run_dir`` (a job of this app or a CLI run), never raising.
 
-
-def progress(run_dir: str | Path) -> dict:
-    """The state of the run in ``run_dir`` (a job of this app or a CLI run).
-
-    Returns ``{"run", "path", "status", "epoch", "epochs", "history", "message",
-    "data", "options", "analysed", "created"}``; ``status`` is one of queued,
-    training, saving, analysing, done, failed, cancelled.  A job whose process
-    disappeared without writing a final state reads as failed (or cancelled if
-    a cancel was asked).
+    Returns ``{"run", "status", "epoch", "epochs", "history", "message", "dataset",
+    "options", "has_model", "analysed", "created", "job_id", "position"}``.
+    ``status``: queued, training, saving, analysing, done, failed, cancelled,
+    or ``unreadable`` (a file of the run is malformed; ``message`` says which
+    and why).
     """
     run_dir = Path(run_dir)
-    job = _read_json(run_dir / JOB_FILE)
-    prog = _read_json(run_dir / PROGRESS_FILE)
-    has_model = (run_dir / CONFIG_FILE).exists()
-    if job:  # a job of this app: the worker's stage leads, progress.json details training
-        status = job.get("stage", "queued")
-        if status in ("queued", "training"):
-            pstat = prog.get("status")
-            status = {"running": "training", "saving": "saving", "done": "saving",
-                      "cancelled": "cancelled", "failed": "failed"}.get(pstat, status)
-    else:  # trained from the command line
-        status = _stage_from_progress(prog) if prog else ("done" if has_model else "queued")
-    message = job.get("message", "") if status not in ("training", "saving") else \
-        (prog.get("message") or status)
-    if status not in TERMINAL:
-        pid = job.get("worker_pid") or prog.get("pid")
-        age = time.time() - float(job.get("created", prog.get("started", 0)) or 0)
-        if pid and not pid_alive(pid) or (not pid and age > 120):
-            cancelled = (run_dir / CANCEL_FILE).exists()
-            status = "cancelled" if cancelled else "failed"
-            message = "cancelled" if cancelled else "the training process stopped unexpectedly"
-    history = prog.get("history") or []
-    if not history and has_model:
-        history = _read_json(run_dir / CONFIG_FILE).get("history", [])
-    return {"run": run_dir.name, "path": str(run_dir), "status": status,
-            "epoch": int(prog.get("epoch") or (history[-1]["epoch"] if history else 0)),
-            "epochs": int(prog.get("epochs") or len(history) or 0), "history": history,
-            "message": message, "data": job.get("data", ""), "options": job.get("options", {}),
-            "has_model": has_model, "analysed": (run_dir / "analysis" / "summary.json").exists(),
-            "created": float(job.get("created") or prog.get("started") or _mtime(run_dir))}
-
-
-def _mtime(path: Path) -> float:
+    state = {"run": run_dir.name, "status": "unreadable", "epoch": 0, "epochs": 0, "history": [],
+             "message": "", "dataset": (record or {}).get("dataset_label", ""),
+             "options": (record or {}).get("options", {}), "has_model": False, "analysed": False,
+             "created": (record or {}).get("submitted") or 0.0,
+             "job_id": (record or {}).get("job_id"), "position": None}
     try:
-        return path.stat().st_mtime
+        job = runfolder.read_job(run_dir)
+        prog = runfolder.read_progress(run_dir)
+        config = runfolder.read_config(run_dir) if (run_dir / runfolder.CONFIG_FILE).exists() else None
+    except (RunFileError, OSError) as err:
+        state["message"] = str(err)
+        return state
+    state["has_model"] = config is not None and (run_dir / runfolder.WEIGHTS_FILE).is_file() \
+        and (run_dir / runfolder.RESULTS_FILE).is_file()
+    state["status"], state["message"] = _stage(job, prog, record, state["has_model"])
+    history = (prog or {}).get("history") or (config or {}).get("history") or []
+    state.update(history=history, analysed=runfolder.is_analysed(run_dir),
+                 epoch=(prog or {}).get("epoch") or (history[-1]["epoch"] if history else 0),
+                 epochs=(prog or {}).get("epochs") or len(history))
+    if job is not None:
+        state["options"] = state["options"] or job["options"]
+        state["dataset"] = state["dataset"] or Path(job["dataset"]).name
+        state["created"] = state["created"] or job["created"]
+    state["created"] = state["created"] or (prog or {}).get("started") or _config_time(run_dir)
+    return state
+
+
+def _config_time(run_dir: Path) -> float:
+    """When a CLI run was saved: its config.json's mtime (it is written once, at the save)."""
+    try:
+        return (run_dir / runfolder.CONFIG_FILE).stat().st_mtime
     except OSError:
         return 0.0
 
 
-def cancel(run_dir: str | Path) -> bool:
-    """Ask the job in ``run_dir`` to stop; True when it was still running.
-
-    Creates the ``CANCEL`` file (training stops at the next batch and saves
-    nothing) and sends SIGTERM to the training process and the worker.
-    """
-    run_dir = Path(run_dir)
-    state = progress(run_dir)
-    if state["status"] in TERMINAL:
-        return False
-    (run_dir / CANCEL_FILE).touch()
-    job, prog = _read_json(run_dir / JOB_FILE), _read_json(run_dir / PROGRESS_FILE)
-    for pid in (prog.get("pid"), job.get("child_pid")):
-        if pid and pid_alive(pid):
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except OSError:
-                pass
-    return True
-
-
-def is_run_dir(path: Path) -> bool:
-    """True for a folder that holds a run (a job of this app or one trained from the CLI)."""
-    return path.is_dir() and any((path / f).exists() for f in (JOB_FILE, PROGRESS_FILE, CONFIG_FILE))
-
-
-def list_runs(runs_dir: str | Path) -> list[dict]:
-    """:func:`progress` of every run under ``runs_dir``, newest first."""
+def list_runs(runs_dir: str | Path, queue: JobQueue | None = None) -> list[dict]:
+    """:func:`progress` of every run under ``runs_dir``, newest first (unreadable ones included)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    runs = [progress(p) for p in runs_dir.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
+    records = queue.by_run() if queue is not None else {}
+    queued = [r["job_id"] for r in records.values() if r["state"] == "queued"]
+    queued.sort(key=lambda j: next(r["submitted"] for r in records.values() if r["job_id"] == j))
+    runs = []
+    for path in runs_dir.iterdir():
+        if path.name.startswith(".") or not runfolder.RUN_NAME.match(path.name) \
+                or path.is_symlink() or not runfolder.is_run_dir(path):
+            continue
+        state = progress(path, records.get(path.name))
+        if state["job_id"] in queued:
+            state["position"] = queued.index(state["job_id"]) + 1
+        runs.append(state)
     return sorted(runs, key=lambda r: r["created"], reverse=True)
-
-
-def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.5) -> dict:
-    """Block until the job in ``run_dir`` reaches a terminal state (for scripts and tests)."""
-    deadline = time.time() + timeout
-    while True:
-        state = progress(run_dir)
-        if state["status"] in TERMINAL or time.time() > deadline:
-            return state
-        time.sleep(poll)

@@ -8,17 +8,20 @@ color=feat:rna:CD3E``), so any view is a link.  Routing is a plain
 ``dcc.Location`` callback rather than ``use_pages`` so that the app is a
 factory: each ``create_app`` (every test) gets its own folders and callbacks.
 
-The server process never imports ``scmm`` (which imports torch); see
-:mod:`app.engine`.
+The server process never imports torch; see :mod:`app.engine`.  ``scmm-app``
+serves the app with waitress (a production WSGI server, threads in one
+process), a job queue (:mod:`app.jobs`) and bounded child work
+(:mod:`app.processes`); uploads stream through ``POST /upload``
+(:mod:`app.uploads`).
 """
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
@@ -27,7 +30,7 @@ import dash_bootstrap_components as dbc
 import diskcache
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html, no_update
 
-from app import components, data_access, jobs
+from app import data_access, jobs, processes, uploads
 from app.pages import data as data_page
 from app.pages import embeddings as embeddings_page
 from app.pages import generation as generation_page
@@ -49,23 +52,37 @@ PAGE_QUERY = {"/embeddings": ("color", "emb"), "/traversal": ("dim", "mod"),
               "/generation": ("target",)}
 
 
+DEFAULT_MAX_UPLOAD_MB = 2048
+
+
+def default_work_slots() -> int:
+    """Concurrent child tasks (summaries, predictions, exports): one fewer than the cores, 1 to 4."""
+    return min(4, max(1, (os.cpu_count() or 2) - 1))
+
+
 @dataclass(frozen=True)
 class AppConfig:
-    """Folders the app reads and writes."""
+    """Folders the app reads and writes, its limits, and its job queue."""
     data_dir: Path
     runs_dir: Path
     cache_dir: Path
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    work_slots: int = field(default_factory=default_work_slots)
+    queue: jobs.JobQueue | None = None
+
+    @property
+    def slots_dir(self) -> Path:
+        """Lock files of the bounded pool of child work."""
+        return self.cache_dir / "slots"
 
 
-def ensure_demo(data_dir: Path, wait: bool = True) -> Path:
+def ensure_demo(data_dir: Path) -> Path:
     """Write the built-in demo into ``data_dir`` if missing (``python -m scmm demo``, a child process)."""
     path = Path(data_dir) / DEMO_NAME
     if not path.exists():
-        cmd = [sys.executable, "-m", "scmm", "demo", "--out", str(path)]
-        if wait:
-            subprocess.run(cmd, check=True, cwd=str(ROOT), capture_output=True, timeout=600)
-        else:
-            subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = processes.run_child(processes.python_command("scmm", "demo", "--out", path), timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not write the demo data: {proc.stderr.strip()[-500:]}")
     return path
 
 
@@ -74,15 +91,17 @@ def parse_query(search: str | None) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items() if v}
 
 
-def run_options(runs_dir: Path) -> list[dict]:
-    """Runs with a saved model for the run picker, newest first."""
+def run_options(cfg: AppConfig) -> list[dict]:
+    """Runs with a saved model for the run picker, newest first (unreadable runs are left out)."""
     return [{"label": f"{r['run']}" + ("" if r["analysed"] else " (not analysed)"), "value": r["run"]}
-            for r in jobs.list_runs(runs_dir) if r["has_model"] and r["status"] not in ("failed",)]
+            for r in jobs.list_runs(cfg.runs_dir, cfg.queue)
+            if r["has_model"] and r["status"] not in ("failed", "unreadable")]
 
 
-def default_run(runs_dir: Path) -> str | None:
+def default_run(cfg: AppConfig) -> str | None:
     """The newest analysed run, else the newest trained one."""
-    runs = [r for r in jobs.list_runs(runs_dir) if r["has_model"]]
+    runs = [r for r in jobs.list_runs(cfg.runs_dir, cfg.queue)
+            if r["has_model"] and r["status"] not in ("failed", "unreadable")]
     analysed = [r for r in runs if r["analysed"]]
     pick = analysed or runs
     return pick[0]["run"] if pick else None
@@ -116,28 +135,39 @@ def build_layout() -> html.Div:
 
 
 def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
-               cache_dir: str | Path | None = None, write_demo: bool = True) -> Dash:
+               cache_dir: str | Path | None = None, write_demo: bool = True,
+               max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, work_slots: int | None = None,
+               max_jobs: int | None = None, schedule: bool = True) -> Dash:
     """Build the Dash app over ``data_dir`` (datasets) and ``runs_dir`` (run folders).
 
     ``cache_dir`` holds the background-callback cache and dataset summaries
     (default: a fresh temporary folder).  With ``write_demo``, the built-in demo
     is written into ``data_dir`` when missing and its summary prepared.
+    ``max_upload_mb`` bounds an upload, ``work_slots`` the concurrent child
+    tasks, ``max_jobs`` the concurrent trainings (default: one per GPU, one on
+    a CPU-only machine); with ``schedule`` a thread starts queued jobs.
     """
-    cfg = AppConfig(Path(data_dir).resolve(), Path(runs_dir).resolve(),
-                    Path(cache_dir or tempfile.mkdtemp(prefix="scmm-app-")).resolve())
-    for folder in (cfg.data_dir, cfg.runs_dir, cfg.cache_dir):
+    data_dir, runs_dir = Path(data_dir).resolve(), Path(runs_dir).resolve()
+    cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="scmm-app-")).resolve()
+    for folder in (data_dir, runs_dir, cache_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    cfg = AppConfig(data_dir, runs_dir, cache_dir, max_upload_mb=int(max_upload_mb),
+                    work_slots=work_slots or default_work_slots(),
+                    queue=jobs.JobQueue(runs_dir, max_running=max_jobs))
     if write_demo:
         demo = ensure_demo(cfg.data_dir)
-        threading.Thread(target=data_access.summarize, args=(demo, cfg.cache_dir), daemon=True).start()
+        threading.Thread(target=data_access.summarize, args=(demo, cfg.cache_dir),
+                         kwargs={"slots": cfg.work_slots}, daemon=True).start()
+    if schedule:
+        threading.Thread(target=cfg.queue.run_forever, name="scmm-job-queue", daemon=True).start()
     manager = DiskcacheManager(diskcache.Cache(str(cfg.cache_dir / "background")))
     app = Dash(__name__, title="scMM Explorer", assets_folder=str(ASSETS), use_pages=False,
                serve_locally=True, background_callback_manager=manager,
                suppress_callback_exceptions=True, update_title=None)
     app.layout = build_layout()
     app.scmm_config = cfg
+    uploads.register(app.server, cfg.data_dir / data_access.UPLOADS, cfg.max_upload_mb * 2 ** 20)
     _register_shell(app, cfg)
-    components.register(app)
     for _, _, module in PAGES:
         module.register(app, cfg)
     return app
@@ -150,7 +180,7 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
                   Input("url", "pathname"))
     def refresh_runs(_n, _path):
         """Keep the run picker in step with the runs folder (jobs finish, CLI runs appear)."""
-        return run_options(cfg.runs_dir)
+        return run_options(cfg)
 
     @app.callback(Output("page", "children"), Output("run-select", "value"), Output("rendered", "data"),
                   Output("run-select", "options", allow_duplicate=True),
@@ -168,12 +198,12 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
                 query = {"run": picked}
             run = picked
         else:
-            run = query.get("run") or picked or default_run(cfg.runs_dir)
+            run = query.get("run") or picked or default_run(cfg)
         if data_access.resolve_run(cfg.runs_dir, run) is None:
-            run = default_run(cfg.runs_dir)
+            run = default_run(cfg)
         page = page_modules[path].layout(cfg, run, query)
         return (page, (run if run != picked else no_update), {"path": path, "run": run},
-                run_options(cfg.runs_dir))
+                run_options(cfg))
 
     @app.callback(Output("url", "search"), Input("run-select", "value"), Input("page-state", "data"),
                   State("url", "pathname"), State("url", "search"), prevent_initial_call=True)
@@ -208,19 +238,39 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``scmm-app [--host H] [--port N] [--data-dir DIR] [--runs-dir DIR] [--debug]``."""
+    """``scmm-app [--host H] [--port N] [--data-dir DIR] [--runs-dir DIR] [limits] [--debug]``."""
     parser = argparse.ArgumentParser(prog="scmm-app", description="scMM Explorer (Dash)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
     parser.add_argument("--data-dir", default="data", help="datasets (the demo is written here)")
     parser.add_argument("--runs-dir", default="runs", help="run folders (trained models)")
     parser.add_argument("--cache-dir", default=None, help="background-job cache (default: temporary)")
-    parser.add_argument("--debug", action="store_true", help="Dash dev tools (no version check)")
+    parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest upload accepted (default {DEFAULT_MAX_UPLOAD_MB} MB)")
+    parser.add_argument("--work-slots", type=int, default=None,
+                        help="concurrent summaries / predictions / exports (default: cores - 1, at most 4)")
+    parser.add_argument("--max-jobs", type=int, default=None,
+                        help="concurrent trainings (default: one per GPU, one without a GPU)")
+    parser.add_argument("--threads", type=int, default=16, help="server threads (concurrent requests)")
+    parser.add_argument("--debug", action="store_true", help="Werkzeug's development server with Dash dev tools")
     args = parser.parse_args(argv)
-    app = create_app(args.data_dir, args.runs_dir, args.cache_dir)
-    print(f"scMM Explorer on http://{args.host}:{args.port}  (data: {app.scmm_config.data_dir}, "
-          f"runs: {app.scmm_config.runs_dir})")
-    app.run(host=args.host, port=args.port, debug=args.debug, dev_tools_disable_version_check=True)
+    for name in ("max_upload_mb", "work_slots", "max_jobs", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    app = create_app(args.data_dir, args.runs_dir, args.cache_dir, max_upload_mb=args.max_upload_mb,
+                     work_slots=args.work_slots, max_jobs=args.max_jobs)
+    cfg = app.scmm_config
+    print(f"scMM Explorer on http://{args.host}:{args.port}  (data: {cfg.data_dir}, runs: {cfg.runs_dir}; "
+          f"{cfg.queue.max_running} training(s) at a time, {cfg.work_slots} work slot(s), "
+          f"uploads up to {cfg.max_upload_mb:,} MB)", flush=True)
+    if args.debug:
+        app.run(host=args.host, port=args.port, debug=True, dev_tools_disable_version_check=True)
+        return 0
+    import waitress
+    waitress.serve(app.server, host=args.host, port=args.port, threads=args.threads,
+                   max_request_body_size=cfg.max_upload_mb * 2 ** 20 + 2 ** 20,
+                   ident="scmm-app", clear_untrusted_proxy_headers=True)
     return 0
 
 

@@ -4,9 +4,11 @@ The Dash server never imports torch (a forked background job could not use
 CUDA afterwards); everything that trains, decodes or reads raw data runs
 here, in a separate process:
 
-``launch RUN_DIR``      start ``job RUN_DIR`` in a new session and return at once
 ``job RUN_DIR``         train (``python -m scmm train``), then analyse
-                        (``analyze RUN_DIR``); stage written to job.json
+                        (``analyze RUN_DIR``); the stage is written to job.json.
+                        Started by :class:`app.jobs.JobQueue` in its own
+                        process group; SIGTERM (a cancel) ends the stage and
+                        records "cancelled"; each stage dies with the worker.
 ``analyze RUN_DIR``     ``scmm.tl.analyze`` with its step messages in job.json
 ``summarize PATH``      print the JSON summary of a dataset (or its read error)
 """
@@ -14,51 +16,72 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from app import jobs
+from scmm import runfolder
+
+from app import processes
 
 
 def _update_job(run_dir: Path, **changes) -> dict:
-    spec = jobs._read_json(run_dir / jobs.JOB_FILE)
+    """Merge ``changes`` into job.json (validated read, atomic write)."""
+    spec = runfolder.read_job(run_dir) or {}
     spec.update(changes)
-    jobs.write_json_atomic(run_dir / jobs.JOB_FILE, spec)
+    runfolder.write_json_atomic(run_dir / runfolder.JOB_FILE, spec)
     return spec
 
 
-def cmd_launch(args) -> int:
-    """Start the job worker detached (own session, re-parented once this process exits)."""
-    run_dir = Path(args.run_dir)
-    log = open(run_dir / jobs.LOG_FILE, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "app.worker", "job", str(run_dir)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, close_fds=True)
-    _update_job(run_dir, worker_pid=proc.pid)
-    return 0
+def train_command(spec: dict, run_dir: Path) -> list[str]:
+    """The ``python -m scmm train`` command line of job ``spec``.
 
-
-def _stage_env() -> dict:
-    """Environment of a stage: torch's CPU threads leave one core to the server and browser.
-
-    Two spinning OpenMP threads on a machine whose other core is busy slow
-    training by an order of magnitude; one thread fewer than the cores avoids it.
+    ``spec["options"]`` keys: preset, epochs, lr, latent_dim, seed (None = the
+    preset's); the CLI validates each value again.
     """
-    threads = str(max(1, (os.cpu_count() or 2) - 1))
-    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    cmd = processes.python_command(
+        "scmm", "train", spec["dataset"], "--out", run_dir,
+        "--progress-file", run_dir / runfolder.PROGRESS_FILE,
+        "--cancel-file", run_dir / runfolder.CANCEL_FILE, "--quiet")
+    flags = {"preset": "--preset", "epochs": "--epochs", "lr": "--lr",
+             "latent_dim": "--latent-dim", "seed": "--seed"}
+    for key, flag in flags.items():
+        value = spec.get("options", {}).get(key)
+        if value not in (None, ""):
+            cmd += [flag, str(value)]
+    return cmd
 
 
-def _run_stage(run_dir: Path, cmd: list[str]) -> int:
-    with open(run_dir / jobs.LOG_FILE, "ab") as log:
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=_stage_env())
-        _update_job(run_dir, child_pid=proc.pid)
-        return proc.wait()
+class Stages:
+    """Runs the job's stages one at a time; SIGTERM ends the running one and marks the job cancelled."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.proc: subprocess.Popen | None = None
+        self.terminated = False
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, *_):
+        self.terminated = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def run(self, cmd: list[str]) -> int:
+        """Run one stage to its end (its output appended to job.log); its exit code."""
+        with open(self.run_dir / runfolder.LOG_FILE, "ab") as log:
+            log.write(("$ " + " ".join(cmd) + "\n").encode())
+            log.flush()
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=processes.child_env(), preexec_fn=processes.die_with_parent)
+            if self.terminated:
+                self.proc.terminate()
+            return self.proc.wait()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.terminated or (self.run_dir / runfolder.CANCEL_FILE).exists()
 
 
 def _tail(path: Path) -> str:
@@ -69,7 +92,7 @@ def _tail(path: Path) -> str:
     except OSError:
         return ""
     errors = [line for line in lines if "error" in line.lower() and "warning" not in line.lower()]
-    return (errors or lines or [""])[-1]
+    return (errors or lines or [""])[-1][:500]
 
 
 def cmd_analyze(args) -> int:
@@ -78,8 +101,8 @@ def cmd_analyze(args) -> int:
     run_dir = Path(args.run_dir)
 
     def report(step, message):
-        if (run_dir / jobs.JOB_FILE).exists():
-            _update_job(run_dir, message=f"analysing: {message}", analysis_step=step)
+        if (run_dir / runfolder.JOB_FILE).exists():
+            _update_job(run_dir, message=f"analysing: {message}")
 
     scmm.tl.analyze(run_dir, progress=report)
     return 0
@@ -88,24 +111,36 @@ def cmd_analyze(args) -> int:
 def cmd_job(args) -> int:
     """Train, then analyse; every stage change goes to job.json."""
     run_dir = Path(args.run_dir)
-    spec = _update_job(run_dir, stage="training", message="training", worker_pid=os.getpid())
-    code = _run_stage(run_dir, jobs.train_command(spec["data"], run_dir, spec.get("options", {})))
-    prog = jobs._read_json(run_dir / jobs.PROGRESS_FILE)
-    if (run_dir / jobs.CANCEL_FILE).exists() or prog.get("status") == "cancelled":
-        _update_job(run_dir, stage="cancelled", message="cancelled by the user", finished=time.time())
+    stages = Stages(run_dir)
+    spec = _update_job(run_dir, stage="training", message="training")
+    code = stages.run(train_command(spec, run_dir))
+    if stages.cancelled:
+        _update_job(run_dir, stage="cancelled", message="cancelled by the user; nothing was saved",
+                    finished=time.time())
         return 130
-    if code != 0 or not (run_dir / jobs.CONFIG_FILE).exists():
-        message = prog.get("message") or _tail(run_dir / jobs.LOG_FILE) or f"exit code {code}"
+    has_model = (run_dir / runfolder.CONFIG_FILE).exists()
+    if code != 0 or not has_model:
+        try:
+            prog = runfolder.read_progress(run_dir) or {}
+        except runfolder.RunFileError:
+            prog = {}
+        message = _tail(run_dir / runfolder.LOG_FILE) or prog.get("message") or f"exit code {code}"
+        if code < 0:
+            message = f"the training process was killed by signal {-code}; nothing was saved"
         _update_job(run_dir, stage="failed", message=message, finished=time.time())
         return 1
     if spec.get("analyze", True):
         _update_job(run_dir, stage="analysing", message="clusters, UMAPs, traversal, heatmaps")
-        code = _run_stage(run_dir, [sys.executable, "-m", "app.worker", "analyze", str(run_dir)])
+        code = stages.run(processes.python_command("app.worker", "analyze", run_dir))
+        if stages.cancelled:
+            _update_job(run_dir, stage="cancelled", message="cancelled during the analysis; the trained "
+                        "model is kept (run `scmm analyze` on it)", finished=time.time())
+            return 130
         if code != 0:
-            _update_job(run_dir, stage="done", analysis_error=_tail(run_dir / jobs.LOG_FILE),
+            _update_job(run_dir, stage="done", analysis_error=_tail(run_dir / runfolder.LOG_FILE),
                         message="trained; the analysis failed (see job.log)", finished=time.time())
             return 0
-    _update_job(run_dir, stage="done", message="done", finished=time.time())
+    _update_job(run_dir, stage="done", message="trained and analysed", finished=time.time())
     return 0
 
 
@@ -113,8 +148,8 @@ def cmd_summarize(args) -> int:
     """Print ``{"ok": true, "summary": ..., "likelihoods": ...}`` or ``{"ok": false, "error": ...}``."""
     try:
         import scmm
-        from scmm.presets import DEFAULT_LIKELIHOOD
         from scmm.preprocess import modality_kind
+        from scmm.presets import DEFAULT_LIKELIHOOD
         mdata = scmm.read(*args.path.split(","))
         summary = scmm.io.summarize(mdata)
         kinds = {m: modality_kind(m) for m in mdata.mod}
@@ -131,7 +166,7 @@ def main(argv=None) -> int:
     """Parse the command line and dispatch."""
     parser = argparse.ArgumentParser(prog="python -m app.worker")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (("launch", cmd_launch), ("job", cmd_job), ("analyze", cmd_analyze)):
+    for name, fn in (("job", cmd_job), ("analyze", cmd_analyze)):
         p = sub.add_parser(name)
         p.add_argument("run_dir")
         p.set_defaults(func=fn)

@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import data_access, synthetic  # noqa: E402
+from app import data_access  # noqa: E402
+from tests import synthetic_run as synthetic  # noqa: E402
 from app.pages import embeddings, traversal  # noqa: E402
 
 SIZES = {"demo": (3000, 2000, 18), "pbmc10k": (6855, 4000, 14), "100k": (100_000, 4000, 14)}

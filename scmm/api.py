@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from . import presets as presets_mod
+from .options import validate_model_options, validate_train_options
 from .batches import MultiModalBatches
 from .model import MMVAE, ModalitySpec
 from .model.distributions import nb_sample, zinb_sample
@@ -82,6 +83,7 @@ class SCMM:
         self.preset = preset or presets_mod.default_preset(list(kinds.values()))
         settings = presets_mod.get_preset(self.preset)
         layer_sizes = {n: list((hidden or {}).get(n, settings["hidden"][kinds[n]])) for n in names}
+        validate_model_options(latent_dim=latent_dim, hidden=layer_sizes, likelihoods=self.likelihoods)
         self.feature_names = {n: [str(v) for v in mdata.mod[n].var_names] for n in names}
         self.specs = [ModalitySpec(n, len(self.feature_names[n]), self.likelihoods[n],
                                    tuple(layer_sizes[n])) for n in names]
@@ -139,6 +141,7 @@ class SCMM:
             raise ValueError("no data attached: build the model from a MuData first")
         given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup,
                  "patience": patience}
+        validate_train_options(**given, k_samples=k_samples, seed=seed, objective=objective)
         settings = {k: (v if v is not None else self.train_settings[k]) for k, v in given.items()}
         settings["epochs"] = epochs or self.planned_epochs(settings["batch_size"])
         cfg = TrainConfig(**settings, seed=seed, objective=objective, k_samples=k_samples,
@@ -288,17 +291,24 @@ class SCMM:
 
     @classmethod
     def from_config(cls, config: dict, device: str | None = None) -> "SCMM":
-        """An untrained model with the architecture and metadata of ``config`` (no data)."""
+        """An untrained model with the architecture and metadata of ``config`` (no data).
+
+        ``config`` is validated first (:func:`scmm.runfolder.validate_model_config`), so a
+        malformed or out-of-bounds one raises :class:`~scmm.runfolder.RunFileError` before
+        any tensor is allocated.
+        """
+        from .runfolder import validate_model_config
+        config = validate_model_config(config)
         model = cls.__new__(cls)
         model.likelihoods = dict(config["modalities"])
         model.preset = config["preset"]
         model.latent_dim = int(config["latent_dim"])
         model.posterior_scale = config["posterior_scale"]
-        model.log_input = bool(config["log_input"])
+        model.log_input = bool(config.get("log_input", True))
         model.specs = [ModalitySpec(s["name"], s["n_features"], s["likelihood"], tuple(s["hidden"]))
                        for s in config["specs"]]
         model.feature_names = {k: list(v) for k, v in config["feature_names"].items()}
-        model.median_library = dict(config["median_library"])
+        model.median_library = {k: float(v) for k, v in config["median_library"].items()}
         model.train_settings = dict(config["train_settings"])
         if config.get("train_config"):
             model.train_config = dict(config["train_config"])

@@ -5,30 +5,31 @@ Run ``scmm COMMAND --help`` for the options of each.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import math
 import signal
 import sys
 import time
 from pathlib import Path
 
+from .options import validate_model_options, validate_preprocess_options, validate_train_options
 from .presets import PRESETS
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+from .runfolder import CHECKPOINT_FILE, check_writable, write_json_atomic
 
 
 class ProgressFile:
-    """Writes the training state to a JSON file after every epoch (the app polls it)."""
+    """Writes the training state to a JSON file after every epoch (the app polls it).
 
-    def __init__(self, path: str | None, total_epochs: int):
+    ``history``: the epochs a resumed run already has (from its checkpoint), so
+    the file always holds the whole run.  No process id is written: nothing
+    reads a pid from a run folder.
+    """
+
+    def __init__(self, path: str | None, total_epochs: int, history: list[dict] | None = None):
         self.path = Path(path) if path else None
-        self.state = {"status": "running", "epoch": 0, "epochs": total_epochs, "history": [],
-                      "pid": os.getpid(), "started": time.time(), "message": ""}
+        history = [_finite(rec) for rec in history or []]
+        self.state = {"status": "running", "epoch": history[-1]["epoch"] if history else 0,
+                      "epochs": total_epochs, "history": history, "started": time.time(),
+                      "message": ""}
         self.write()
 
     def write(self, **changes) -> None:
@@ -38,20 +39,55 @@ class ProgressFile:
             write_json_atomic(self.path, self.state)
 
     def __call__(self, record: dict) -> None:
-        self.state["history"].append(record)
+        self.state["history"].append(_finite(record))
         self.write(epoch=record["epoch"])
 
 
+def _finite(record: dict) -> dict:
+    """``record`` with NaN and infinite numbers as None (progress.json is strict JSON)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def check_train_options(args) -> None:
+    """Every option of ``scmm train`` in range (ValueError naming it); nothing read or written."""
+    validate_train_options(cli=True, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                           k_samples=args.k_samples, seed=args.seed, objective=args.objective)
+    validate_preprocess_options(cli=True, test_fraction=args.test_fraction,
+                                n_top_genes=args.n_top_genes, peak_fraction=args.peak_fraction)
+    validate_model_options(cli=True, latent_dim=args.latent_dim)
+    for item in args.likelihood or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or value not in ("nb", "zinb"):
+            raise ValueError(f"--likelihood must be MOD=nb or MOD=zinb, got {item!r}")
+
+
+def likelihood_options(args) -> dict | None:
+    return dict(item.split("=", 1) for item in args.likelihood) if args.likelihood else None
+
+
 def cmd_train(args) -> int:
+    check_train_options(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
+    # a read-only or missing runs folder fails now, not after hours of training
+    check_writable(out.parent)
+    if out.exists():
+        check_writable(out)
+    checkpoint = out / CHECKPOINT_FILE if args.checkpoint or args.resume else None
+    history = []
+    if args.resume and checkpoint.exists():
+        from .train import read_checkpoint   # refuses a hostile file before any data is read
+        history = read_checkpoint(checkpoint, map_location="cpu", mmap=True)["meta"]["history"]
+
     import scmm
     mdata = scmm.read(*args.data.split(","))
     scmm.preprocess(mdata, n_top_genes=args.n_top_genes, peak_fraction=args.peak_fraction,
                     test_fraction=args.test_fraction, seed=args.seed)
-    likelihoods = dict(item.split("=", 1) for item in args.likelihood) if args.likelihood else None
-    model = scmm.SCMM(mdata, modalities=likelihoods, preset=args.preset, latent_dim=args.latent_dim,
-                      device=args.device)
+    model = scmm.SCMM(mdata, modalities=likelihood_options(args), preset=args.preset,
+                      latent_dim=args.latent_dim, device=args.device)
     epochs = args.epochs or model.planned_epochs(args.batch_size)
-    progress = ProgressFile(args.progress_file, epochs)
+    progress = ProgressFile(args.progress_file, epochs, history=history)
     cancel_file = Path(args.cancel_file) if args.cancel_file else None
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -63,21 +99,20 @@ def cmd_train(args) -> int:
         result = model.train(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                              objective=args.objective, k_samples=args.k_samples,
                              progress=not args.quiet, callback=progress, should_stop=should_stop,
-                             checkpoint=Path(args.out) / "checkpoint.pt" if args.checkpoint else None,
-                             resume=args.resume)
+                             checkpoint=checkpoint, resume=args.resume)
         if result["status"] == "cancelled":
             progress.write(status="cancelled", message="cancelled by the user")
             print(f"cancelled after {len(result['history'])} epochs; nothing saved", file=sys.stderr)
             return 130
         progress.write(status="saving", message="computing latents")
         model.get_latent()
-        model.save(args.out)
-        progress.write(status="done", message=f"saved to {args.out}", finished=time.time())
-    except Exception as err:
-        progress.write(status="failed", message=f"{type(err).__name__}: {err}")
+        model.save(out)
+        progress.write(status="done", message=f"saved to {out}", finished=time.time())
+    except BaseException as err:
+        progress.write(status="failed", message=f"{type(err).__name__}: {err}"[:2000])
         raise
     print(f"{result['status']} after {len(result['history'])} epochs (best epoch "
-          f"{result['best_epoch']}); run saved to {args.out}")
+          f"{result['best_epoch']}); run saved to {out}")
     return 0
 
 
@@ -148,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--checkpoint", action="store_true", help="write OUT/checkpoint.pt every epoch")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.pt (implies --checkpoint)")
     train.add_argument("--progress-file", default=None, help="JSON file updated every epoch")
     train.add_argument("--cancel-file", default=None, help="training stops when this file appears")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -190,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from .io import ReadError
     try:
         return args.func(args)
-    except (ReadError, FileNotFoundError, KeyError, ValueError) as err:
+    except (ReadError, OSError, KeyError, ValueError) as err:
         print(f"scmm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

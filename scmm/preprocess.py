@@ -8,6 +8,8 @@ import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 
+from .options import validate_preprocess_options
+
 SPLIT_KEY = "scmm_split"
 LIBRARY_KEY = "scmm_library"
 RNA_NAMES = ("rna", "gex", "gene expression", "genes")
@@ -60,13 +62,17 @@ def preprocess(mdata: md.MuData, n_top_genes: int | None = 5000, peak_fraction: 
     - RNA: the ``n_top_genes`` most variable genes (None keeps all);
     - ATAC: the top ``peak_fraction`` of peaks by total counts (None keeps all);
     - proteins (any other modality): all features;
-    - ``obs['scmm_split']``: a seeded 80/20 train/test split;
+    - ``obs['scmm_split']``: a seeded 80/20 train/test split (``test_fraction`` in [0, 0.9]);
     - ``mod[m].obs['scmm_library']``: each cell's total counts over the kept features.
 
     Cells left with no counts in a modality after selection are dropped with a
     warning.  ``kinds`` maps a modality name to 'rna' / 'atac' / 'protein'
-    where its name does not say it.  The selection is recorded in ``uns['scmm_preprocess']``.
+    where its name does not say it.  ``n_top_genes`` >= 1 and ``peak_fraction`` in
+    (0, 1] when given; a value out of range raises ``ValueError`` naming it.
+    The selection is recorded in ``uns['scmm_preprocess']``.
     """
+    validate_preprocess_options(test_fraction=test_fraction, n_top_genes=n_top_genes,
+                                peak_fraction=peak_fraction)
     kinds = {name: (kinds or {}).get(name, modality_kind(name)) for name in mdata.mod}
     for name, adata in list(mdata.mod.items()):
         if kinds[name] == "rna" and n_top_genes is not None:

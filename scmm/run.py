@@ -1,4 +1,7 @@
-"""The run folder: ``config.json``, ``model.pt`` (weights only) and ``results.h5mu``."""
+"""The run folder: ``config.json``, ``model.pt`` (weights only) and ``results.h5mu``.
+
+File names and the validated config reader live in :mod:`scmm.runfolder`.
+"""
 from __future__ import annotations
 
 import json
@@ -7,16 +10,45 @@ import tempfile
 from pathlib import Path
 
 import mudata as md
+import numpy as np
+import scipy.sparse as sp
 import torch
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
-RESULTS_FILE = "results.h5mu"
+from . import runfolder
+from .runfolder import CONFIG_FILE, RESULTS_FILE, WEIGHTS_FILE, RunFileError
+
+#: slack added to the estimated size of a save (config, HDF5 overhead, metadata)
+SAVE_MARGIN_BYTES = 16 * 2 ** 20
 
 
 def library_version() -> str:
     from . import __version__
     return __version__
+
+
+def _array_bytes(x) -> int:
+    if x is None:
+        return 0
+    if sp.issparse(x):
+        return int(x.nnz) * 12 + (x.shape[0] + 1) * 8
+    return int(getattr(x, "nbytes", 0) or np.asarray(x).nbytes)
+
+
+def estimate_save_bytes(model) -> int:
+    """Rough size of what :func:`save_run` writes: float32 weights plus the attached data
+    (sparse matrices at 12 bytes a non-zero, dense arrays at their size, obs/var tables)."""
+    total = 4 * sum(p.numel() for p in model.module.state_dict().values()) + SAVE_MARGIN_BYTES
+    mdata = model.mdata
+    if mdata is not None:
+        parts = [mdata, *mdata.mod.values()]
+        for part in parts:
+            total += _array_bytes(getattr(part, "X", None)) if part is not mdata else 0
+            for store in ("obsm", "varm", "layers", "obsp"):
+                for value in (getattr(part, store, None) or {}).values():
+                    total += _array_bytes(value)
+            for table in (part.obs, part.var):
+                total += int(table.memory_usage(index=True, deep=True).sum())
+    return total
 
 
 def save_run(model, path: str | Path, overwrite: bool = True) -> Path:
@@ -25,16 +57,21 @@ def save_run(model, path: str | Path, overwrite: bool = True) -> Path:
     Files are written into a temporary folder beside ``path`` and moved into
     place only when all of them are complete, so a failure leaves nothing
     half-written.  Other files already in ``path`` (exported tables, caches
-    of an earlier save) are kept unless they are replaced.
+    of an earlier save) are kept unless they are replaced.  The folder is
+    checked for write access and free space first; an ``OSError`` of the save
+    (full or read-only disk) is raised with a message naming the folder.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder")
     if path.exists() and (path / CONFIG_FILE).exists() and not overwrite:
         raise FileExistsError(f"{path} already holds a run (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    runfolder.check_writable(path.parent, need_bytes=estimate_save_bytes(model))
+    if path.exists():
+        runfolder.check_writable(path)
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
         config = {"scmm_version": library_version(), **model.config()}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         torch.save(model.module.state_dict(), staging / WEIGHTS_FILE)
@@ -43,26 +80,48 @@ def save_run(model, path: str | Path, overwrite: bool = True) -> Path:
         path.mkdir(exist_ok=True)
         for item in staging.iterdir():
             item.replace(path / item.name)
+    except OSError as err:
+        error = OSError(f"could not save the run to {path}: {err.strerror or err}")
+        error.errno = err.errno
+        raise error from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
 def read_config(path: str | Path) -> dict:
-    """The parsed ``config.json`` of a run folder (clear error when absent)."""
-    file = Path(path) / CONFIG_FILE
-    if not file.exists():
-        raise FileNotFoundError(f"{path} is not a scMM run folder (no {CONFIG_FILE})")
-    return json.loads(file.read_text())
+    """The validated ``config.json`` of a run folder (see :func:`scmm.runfolder.read_config`).
+
+    ``FileNotFoundError`` when the folder holds no run; :class:`~scmm.runfolder.RunFileError`
+    when the config is malformed or out of bounds (checked before anything is allocated).
+    """
+    return runfolder.read_config(path)
 
 
 def load_run(path: str | Path, device: str | None = None, load_data: bool = True):
-    """Rebuild the model saved in ``path``; attach ``results.h5mu`` when present and asked."""
+    """Rebuild the model saved in ``path``; attach ``results.h5mu`` when present and asked.
+
+    The config is validated before the model is built; weights that do not load
+    as plain tensors, or do not fit the config, raise :class:`~scmm.runfolder.RunFileError`.
+    """
     from .api import SCMM
     path = Path(path)
-    model = SCMM.from_config(read_config(path), device=device)
-    state = torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
-    model.module.load_state_dict(state)
+    config = read_config(path)
+    model = SCMM.from_config(config, device=device)
+    weights = path / WEIGHTS_FILE
+    try:
+        state = torch.load(weights, map_location=model.device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}") from None
+    except Exception as err:
+        raise RunFileError(weights, f"refused: does not load as plain tensors ({str(err)[:200]})") from None
+    if not isinstance(state, dict):
+        raise RunFileError(weights, "not a state dict of weights")
+    try:
+        model.module.load_state_dict(state)
+    except RuntimeError as err:
+        raise RunFileError(weights, f"does not fit {CONFIG_FILE}: {str(err)[:300]}") from None
     model.module.eval()
     if load_data and (path / RESULTS_FILE).exists():
         model.mdata = md.read_h5mu(path / RESULTS_FILE)

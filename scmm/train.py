@@ -6,9 +6,9 @@ It knows nothing of AnnData: it takes the torch module and two
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +22,9 @@ from .model import objective
 from .model.mmvae import MMVAE
 
 log = logging.getLogger(__name__)
+
+#: version of the checkpoint layout (tensors + a JSON string of the rest)
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -120,11 +123,77 @@ def evaluate(model: MMVAE, batches: MultiModalBatches, cfg: TrainConfig, batch_s
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` atomically (temporary file, then rename)."""
+    """Write ``state`` atomically (temporary file beside ``path``, then rename)."""
+    from .runfolder import replace_atomic
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    replace_atomic(lambda tmp: torch.save(state, tmp), path)
+
+
+def checkpoint_state(model: MMVAE, optimiser, epoch: int, history: list, best: dict,
+                     shuffler: torch.Generator) -> dict:
+    """What :func:`fit` writes after an epoch: tensors (and the optimiser's state dict, which
+    loads under ``weights_only=True``) plus a JSON string of everything else."""
+    def finite(value):
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch,
+            "history": [{k: finite(v) for k, v in rec.items()} for rec in history],
+            "best_loss": best["loss"] if math.isfinite(best["loss"]) else None,
+            "best_epoch": best["epoch"]}
+    return {"meta": json.dumps(meta, allow_nan=False), "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(), "best_state": best["state"],
+            "shuffler": shuffler.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def read_checkpoint(path: str | Path, map_location=None, mmap: bool = False) -> dict:
+    """The checkpoint at ``path`` loaded with ``weights_only=True``, its JSON state decoded.
+
+    Returns the stored dict with ``meta`` replaced by the parsed
+    ``{"epoch", "history", "best_loss", "best_epoch"}``.  A file that needs
+    anything but tensors and plain containers to load (a pickle that would run
+    code), or that is not a checkpoint of this version, raises
+    :class:`~scmm.runfolder.RunFileError` and nothing in it is executed.
+    """
+    from .runfolder import RunFileError, _history
+    path = Path(path)
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # UnpicklingError for a hostile pickle, RuntimeError for garbage
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFileError(path, "refused: not a checkpoint that loads as plain tensors "
+                                 f"(weights_only=True: {first[:200]}); delete it to start afresh") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("meta"), str):
+        raise RunFileError(path, "not a checkpoint of this scmm version (no JSON state); "
+                                 "delete it to start afresh")
+    try:
+        meta = json.loads(saved["meta"])
+    except (ValueError, RecursionError):
+        raise RunFileError(path, "its JSON state is malformed") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise RunFileError(path, "not a checkpoint of this scmm version; delete it to start afresh")
+    epoch = meta.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise RunFileError(path, f"'epoch' must be a positive integer, not {epoch!r:.60}")
+    best_epoch, best_loss = meta.get("best_epoch"), meta.get("best_loss")
+    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int)):
+        raise RunFileError(path, f"'best_epoch' must be an integer, not {best_epoch!r:.60}")
+    if best_loss is not None and (isinstance(best_loss, bool) or not isinstance(best_loss, (int, float))):
+        raise RunFileError(path, f"'best_loss' must be a number, not {best_loss!r:.60}")
+    history = _history(meta.get("history"), path)
+    for key, kind in (("model", dict), ("optimiser", dict), ("shuffler", torch.Tensor),
+                      ("torch_rng", torch.Tensor)):
+        if not isinstance(saved.get(key), kind):
+            raise RunFileError(path, f"missing or malformed {key!r}")
+    if saved.get("best_state") is not None and not isinstance(saved["best_state"], dict):
+        raise RunFileError(path, "malformed 'best_state'")
+    if (best_epoch is None) != (saved.get("best_state") is None):
+        raise RunFileError(path, "'best_epoch' and 'best_state' disagree")
+    saved["meta"] = {"epoch": epoch, "history": history,
+                     "best_loss": float(best_loss) if best_loss is not None else float("inf"),
+                     "best_epoch": best_epoch}
+    return saved
 
 
 def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, cfg: TrainConfig,
@@ -153,13 +222,20 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
     start_epoch = 1
     checkpoint = Path(checkpoint) if checkpoint else None
     if resume and checkpoint and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        history, best = saved["history"], saved["best"]
-        shuffler.set_state(saved["shuffler"])
-        torch.set_rng_state(saved["torch_rng"])
-        start_epoch = saved["epoch"] + 1
+        saved = read_checkpoint(checkpoint, map_location=device)
+        meta = saved["meta"]
+        try:
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            shuffler.set_state(saved["shuffler"].cpu())
+            torch.set_rng_state(saved["torch_rng"].cpu())
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            from .runfolder import RunFileError
+            raise RunFileError(checkpoint, "does not match this model and data (was it written "
+                                           f"for another run?): {str(err)[:300]}") from None
+        history = meta["history"]
+        best = {"loss": meta["best_loss"], "epoch": meta["best_epoch"], "state": saved["best_state"]}
+        start_epoch = meta["epoch"] + 1
 
     status = "completed"
     model.train()
@@ -198,10 +274,8 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
             if callback is not None:
                 callback(record)
             if checkpoint:
-                save_checkpoint(checkpoint, {
-                    "model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
-                    "history": history, "best": best, "shuffler": shuffler.get_state(),
-                    "torch_rng": torch.get_rng_state()})
+                save_checkpoint(checkpoint, checkpoint_state(model, optimiser, epoch, history, best,
+                                                             shuffler))
             if best["epoch"] is not None and epoch - best["epoch"] >= cfg.patience:
                 status = "early_stopping"
                 break

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app import data_access, synthetic
+from app import data_access
+import synthetic_run as synthetic
 from app.pages import embeddings, generation, traversal
 
 
@@ -100,7 +101,6 @@ def test_generation_panels(view):
 
 
 def test_data_page_summary_and_error_views(tmp_path):
-    import base64
     from app.pages import data as data_page
     result = {"ok": True, "summary": {"n_cells": 10, "modalities": {
         "rna": {"n_features": 5, "median_counts_per_cell": 100.0, "mean_counts_per_cell": 110.0,
@@ -110,18 +110,35 @@ def test_data_page_summary_and_error_views(tmp_path):
     assert "10 cells" in str(data_page.summary_view(result, "/x/d.h5mu"))
     error = data_page.summary_view({"ok": False, "error": "not a valid HDF5 file"}, "/x/bad.h5ad")
     assert error.id == "data-error" and "not a valid HDF5 file" in str(error)
-    contents = "data:application/octet-stream;base64," + base64.b64encode(b"abc").decode()
-    saved = data_page._save_upload(contents, "my file.h5ad", tmp_path)
-    assert saved == tmp_path / "uploads" / "my_file.h5ad" and saved.read_bytes() == b"abc"
-    assert any(d["label"] == "uploads/my_file.h5ad" for d in data_access.list_datasets(tmp_path))
+
+
+def test_upload_is_stored_under_a_server_name_with_its_original_name_kept(tmp_path):
+    import io
+
+    from app import uploads
+    name, size = uploads.save_stream(io.BytesIO(b"abc"), tmp_path / "uploads", "../../my file.h5ad", 100)
+    assert size == 3 and name.endswith(".h5ad") and "my" not in name
+    assert (tmp_path / "uploads" / name).read_bytes() == b"abc"
+    listed = {d["value"]: d["label"] for d in data_access.list_datasets(tmp_path)}
+    assert listed == {f"uploads/{name}": "my file.h5ad (uploaded)"}
+    assert data_access.resolve_dataset(tmp_path, f"uploads/{name}") == (tmp_path / "uploads" / name).resolve()
+    for hostile in ("../etc/passwd", "/etc/passwd", "uploads/../../x.h5ad", None, 3, "a\x00b"):
+        assert data_access.resolve_dataset(tmp_path, hostile) is None
+    import pytest as _pytest
+    with _pytest.raises(OverflowError):
+        uploads.save_stream(io.BytesIO(b"x" * 101), tmp_path / "uploads", "big.h5mu", 100)
+    with _pytest.raises(ValueError):
+        uploads.save_stream(io.BytesIO(b"x"), tmp_path / "uploads", "progress.json", 100)
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted([name, name.split(".")[0] + ".json"])
 
 
 def test_every_page_lays_out_for_a_run_and_without_one(run_dir, tmp_path):
-    from app.main import PAGES, AppConfig, create_app
-    app = create_app(tmp_path / "data", run_dir.parent, tmp_path / "cache", write_demo=False)
+    from app.main import PAGES, create_app
+    app = create_app(tmp_path / "data", run_dir.parent, tmp_path / "cache", write_demo=False, schedule=False)
     assert app.scmm_config.runs_dir == run_dir.parent.resolve()
-    cfg = AppConfig(tmp_path / "data", run_dir.parent, tmp_path / "cache")
-    empty = AppConfig(tmp_path / "data", tmp_path / "no-runs", tmp_path / "cache")
+    cfg = app.scmm_config
+    empty = create_app(tmp_path / "data", tmp_path / "no-runs", tmp_path / "cache", write_demo=False,
+                       schedule=False).scmm_config
     for path, _, module in PAGES:
         assert module.layout(cfg, "syn", {"color": "feat:rna:G0001", "dim": "3"}) is not None
         if path not in ("/data", "/train"):

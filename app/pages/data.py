@@ -1,14 +1,14 @@
-"""Page 1, Data: pick a dataset (the demo is preloaded) or upload a small one; see its summary.
+"""Page 1, Data: pick a dataset (the demo is preloaded) or upload one; see its summary.
 
 The summary (cells, features and counts per cell per modality, the likelihood
 each modality would get) and any read error come from ``scmm.read`` run in a
 child process (:func:`app.data_access.summarize`), so the message the user sees
-is the reader's own.
+is the reader's own.  The browser sends dataset ids (paths relative to the data
+folder, as :func:`app.data_access.list_datasets` issues them), never paths;
+uploads go through the streaming ``POST /upload`` route (:mod:`app.uploads`).
 """
 from __future__ import annotations
 
-import base64
-import re
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -17,8 +17,6 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
 from app import components, data_access
-
-MAX_UPLOAD_MB = 50
 
 
 def layout(cfg, run_id, query) -> html.Div:
@@ -29,16 +27,17 @@ def layout(cfg, run_id, query) -> html.Div:
     return html.Div([
         html.H3("Data"),
         html.P(["Pick a dataset from the data folder ", html.Code(str(cfg.data_dir)),
-                " (.h5mu, 10x .h5, .h5ad, or a 10x mtx folder) or upload a small file."],
+                " (.h5mu, 10x .h5, .h5ad, or a 10x mtx folder) or upload one."],
                className="text-muted"),
         dbc.Row([
             dbc.Col([
                 dbc.Label("Dataset"),
                 dcc.Dropdown(id="data-select", options=options, value=value, clearable=False),
-                dcc.Upload(id="data-upload", max_size=MAX_UPLOAD_MB * 2 ** 20, multiple=False,
-                           className="upload-box mt-3",
-                           children=html.Div([f"Drop a file here or click to upload (at most {MAX_UPLOAD_MB} MB; "
-                                              "larger files: copy them into the data folder)"])),
+                dbc.Label(f"or upload a .h5mu / .h5ad / 10x .h5 file (at most {cfg.max_upload_mb:,} MB; "
+                          "larger files: copy them into the data folder)", className="mt-3 small"),
+                # assets/upload.js puts a file input here and streams the file to POST /upload
+                html.Div(id="data-upload-slot", **{"data-max-bytes": str(cfg.max_upload_mb * 2 ** 20)}),
+                dcc.Store(id="upload-result"),
                 html.Div(id="upload-status", className="small mt-2"),
                 dbc.Button("Train on this dataset", id="data-to-train", color="primary",
                            className="mt-3", href="/train"),
@@ -58,9 +57,8 @@ def summary_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_view(result: dict, path: str) -> html.Div:
-    """The summary card, or the reader's error as an alert."""
-    name = Path(path).name
+def summary_view(result: dict, name: str) -> html.Div:
+    """The summary card of dataset ``name`` (its label), or the reader's error as an alert."""
     if not result.get("ok"):
         return dbc.Alert([html.H5(f"Cannot read {name}", className="alert-heading"),
                           html.Pre(result.get("error", "unknown error"), className="mb-0 read-error",
@@ -88,46 +86,48 @@ def summary_view(result: dict, path: str) -> html.Div:
         ])], id="data-card")
 
 
-def _save_upload(contents: str, filename: str, folder: Path) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", filename or "upload") or "upload"
-    _, data = contents.split(",", 1)
-    target = folder / "uploads" / safe
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(base64.b64decode(data))
-    return target
-
-
 def register(app, cfg) -> None:
     """Data page callbacks."""
 
     @app.callback(Output("data-summary", "children"), Output("data-to-train", "href"),
                   Input("data-select", "value"))
-    def show_summary(path):
-        """Summarise the chosen dataset (child process; cached by path and mtime)."""
-        if not path:
-            return html.Div("no dataset", className="text-muted"), "/train"
-        result = data_access.summarize(path, cfg.cache_dir)
-        return summary_view(result, path), "/train?" + urlencode({"data": path})
+    def show_summary(dataset_id):
+        """Summarise the chosen dataset (child process in a work slot; cached by file and mtime)."""
+        path = data_access.resolve_dataset(cfg.data_dir, dataset_id)
+        if path is None:
+            message = "no dataset" if not dataset_id else f"{str(dataset_id)[:100]!r} is not a dataset of this server"
+            return html.Div(message, className="text-muted", id="data-none"), "/train"
+        result = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots)
+        label = data_access.dataset_label(cfg.data_dir, dataset_id)
+        return summary_view(result, label), "/train?" + urlencode({"data": dataset_id})
 
     @app.callback(Output({"role": "csv-download", "t": "data-summary"}, "data"),
                   Input({"role": "csv", "t": "data-summary"}, "n_clicks"), State("data-select", "value"),
                   prevent_initial_call=True)
-    def summary_csv(_n, path):
+    def summary_csv(_n, dataset_id):
         """The summary table as CSV."""
-        result = data_access.summarize(path, cfg.cache_dir) if path else {}
+        path = data_access.resolve_dataset(cfg.data_dir, dataset_id)
+        result = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots) if path else {}
         if not result.get("ok"):
             return no_update
         return dict(content=summary_frame(result).to_csv(index=False),
-                    filename=f"{Path(path).stem}_summary.csv")
+                    filename=f"{components.safe_name(Path(dataset_id).stem)}_summary.csv")
 
     @app.callback(Output("data-select", "options"), Output("data-select", "value"),
                   Output("upload-status", "children"),
-                  Input("data-upload", "contents"), State("data-upload", "filename"),
-                  prevent_initial_call=True)
-    def upload(contents, filename):
-        """Store an uploaded file under data/uploads/ and select it."""
-        if not contents:
-            return no_update, no_update, no_update
-        target = _save_upload(contents, filename, cfg.data_dir)
+                  Input("upload-result", "data"), prevent_initial_call=True)
+    def uploaded(result):
+        """Select a finished upload (the id is checked against the listing) or show why it failed."""
+        result = result if isinstance(result, dict) else {}
+        if result.get("busy"):
+            return no_update, no_update, dbc.Alert(str(result["busy"])[:300], color="info", className="py-1")
+        if result.get("error") or not result.get("ok"):
+            message = str(result.get("error") or "the upload failed")[:500]
+            return no_update, no_update, dbc.Alert(message, color="danger", className="py-1",
+                                                   id="upload-error")
         options = data_access.list_datasets(cfg.data_dir)
-        return options, str(target.resolve()), f"saved as {target}"
+        if data_access.resolve_dataset(cfg.data_dir, result.get("id")) is None:
+            return options, no_update, dbc.Alert("the upload is not in the data folder", color="danger",
+                                                 className="py-1", id="upload-error")
+        return options, result["id"], dbc.Alert(f"uploaded {str(result.get('name'))[:200]}", color="success",
+                                                className="py-1", id="upload-ok")

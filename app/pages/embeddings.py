@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 
-from app import components, data_access, figures
+from app import components, data_access, figures, processes
 
 TOP_N = 25
 
@@ -28,11 +28,20 @@ def no_run(message: str = "No trained run yet: train one on the Train page.") ->
     return dbc.Alert(message, color="info", id="no-run")
 
 
+def run_missing(cfg, run_id) -> html.Div:
+    """Why run ``run_id`` cannot be shown: unreadable files (with the reason) or no run at all."""
+    problem = data_access.run_problem(data_access.resolve_run(cfg.runs_dir, run_id))
+    if problem:
+        return dbc.Alert([html.Strong(f"Run {run_id} is unreadable: "), problem], color="warning",
+                         id="run-unreadable")
+    return no_run()
+
+
 def layout(cfg, run_id, query) -> html.Div:
     """The Embeddings page for run ``run_id`` (``color`` and ``emb`` from the query)."""
     view = _run(cfg, run_id)
     if view is None:
-        return no_run()
+        return run_missing(cfg, run_id)
     embeddings = view.embeddings()
     emb = query.get("emb") if query.get("emb") in embeddings else next(iter(embeddings), None)
     colour = query.get("color") or "obs:scmm_cluster"
@@ -96,6 +105,14 @@ def colour_patch(view, colour: str, emb_label: str) -> Patch:
     return patch
 
 
+def export_figure(cfg, run_id, emb_label, colour):
+    """The embedding as shown, rebuilt on the server for export (None without a run)."""
+    view = _run(cfg, run_id)
+    if view is None or emb_label not in view.embeddings():
+        return None
+    return colour_figure(view, emb_label, colour if isinstance(colour, str) else "")
+
+
 def selection_from_event(view, emb_label: str, selected: dict | None) -> list[int]:
     """Cell indices inside a lasso (``lassoPoints``) or box (``range``) selection event."""
     if not selected:
@@ -127,6 +144,11 @@ def register(app, cfg) -> None:
         if ctx.triggered_id == "emb-colour":
             return colour_patch(view, colour, emb_label), state
         return colour_figure(view, emb_label, colour), state
+
+    components.register_export(
+        app, cfg, "embedding", [State("emb-run", "data"), State("emb-key", "value"), State("emb-colour", "value")],
+        lambda run_id, emb, colour: export_figure(cfg, run_id, emb, colour),
+        lambda run_id, emb, colour: f"{run_id}_umap_{emb}_{str(colour).split(':')[-1]}")
 
     @app.callback(Output("emb-colour", "options"), Input("emb-colour", "search_value"),
                   State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)
@@ -165,9 +187,10 @@ def register(app, cfg) -> None:
             return stored, list(sets), name
         return no_update, list(sets), no_update
 
-    def chosen_cells(pick, current, stored, run_id) -> list[int]:
-        if pick and pick in (stored or {}).get(run_id, {}):
-            return stored[run_id][pick]
+    def chosen_cells(pick, current, stored, run_id) -> list:
+        sets = (stored or {}).get(run_id) if isinstance(stored, dict) else None
+        if isinstance(pick, str) and isinstance(sets, dict) and pick in sets:
+            return sets[pick]
         return current or []
 
     @app.callback(Output("sel-table", "children"), Input("sel-rank", "n_clicks"),
@@ -177,6 +200,7 @@ def register(app, cfg) -> None:
                   running=[(Output("sel-rank", "disabled"), True, False)])
     def rank(_n, pick, current, stored, modality, run_id):
         """Wilcoxon ranking of the selection vs the rest (scmm.tl, in a background job)."""
+        processes.exit_with_parent()
         cells = chosen_cells(pick, current, stored, run_id)
         view = _run(cfg, run_id)
         if view is None or len(cells) < 2:
@@ -199,7 +223,10 @@ def register(app, cfg) -> None:
         cells = chosen_cells(pick, current, stored, run_id)
         if view is None or not cells:
             return no_update
-        frame = view.mdata.obs.iloc[np.asarray(cells, dtype=int)]
+        try:
+            frame = view.mdata.obs.iloc[cell_indices(view, cells)]
+        except ValueError:
+            return no_update
         frame = frame[[c for c in view.obs_columns()]]
         frame.index.name = "cell"
         name = components.safe_name(pick or "selection")
@@ -212,20 +239,36 @@ def register(app, cfg) -> None:
                   background=True, prevent_initial_call=True)
     def export_features(_n, pick, current, stored, modality, run_id):
         """The whole ranking of the selection vs the rest as CSV (background job)."""
+        processes.exit_with_parent()
         view = _run(cfg, run_id)
         cells = chosen_cells(pick, current, stored, run_id)
-        table = rank_table(view, cells, modality) if view is not None and len(cells) >= 2 else None
+        try:
+            table = rank_table(view, cells, modality) if view is not None and len(cells) >= 2 else None
+        except ValueError:
+            table = None
         if table is None:
             return no_update
         name = components.safe_name(pick or "selection")
         return dict(content=table.to_csv(index=False), filename=f"{view.id}_{name}_{modality}_features.csv")
 
 
+def cell_indices(view, cells) -> np.ndarray:
+    """The client's cell indices as integers of this run (anything else is refused with ValueError)."""
+    if not isinstance(cells, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in cells):
+        raise ValueError("a selection must be a list of cell indices")
+    idx = np.asarray(cells, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= view.n_cells):
+        raise ValueError(f"cell indices must lie in [0, {view.n_cells - 1}]")
+    return idx
+
+
 def rank_table(view, cells, modality: str) -> pd.DataFrame | None:
     """``scmm.tl.rank_features`` of ``cells`` vs the rest (None when either side has < 2 cells)."""
     from app import engine
+    if modality not in view.modalities:
+        raise ValueError(f"unknown modality {str(modality)[:40]!r}; this run has {view.modalities}")
     mask = np.zeros(view.n_cells, dtype=bool)
-    mask[np.asarray(cells, dtype=int)] = True
+    mask[cell_indices(view, cells)] = True
     if mask.sum() < 2 or (~mask).sum() < 2:
         return None
     return engine.rank_features(view.mdata, modality, mask)

@@ -8,7 +8,6 @@ background callback), cached in the run folder under ``predictions/``.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import dash_bootstrap_components as dbc
@@ -16,10 +15,10 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
-from app import components, data_access, figures, jobs
-from app.pages.embeddings import no_run
+from scmm import runfolder
 
-PRED_DIR = "predictions"
+from app import components, data_access, figures, processes
+from app.pages.embeddings import run_missing
 
 
 def _view(cfg, run_id):
@@ -45,7 +44,7 @@ def layout(cfg, run_id, query) -> html.Div:
     """The Generation page (``target`` from the query)."""
     view = _view(cfg, run_id)
     if view is None:
-        return no_run()
+        return run_missing(cfg, run_id)
     mods = view.modalities
     target = query.get("target") if query.get("target") in mods else (mods[-1] if mods else None)
     datasets = data_access.list_datasets(cfg.data_dir)
@@ -112,22 +111,45 @@ def cluster_scatter(tables: dict, target: str, modalities: list[str]):
 
 
 def prediction_path(run_dir: Path, target: str, source: str) -> Path:
-    """Where the per-cell prediction of ``target`` from ``source`` is cached."""
-    return Path(run_dir) / PRED_DIR / f"{target}_from_{source}.h5ad"
+    """Where the per-cell prediction of ``target`` from ``source`` is cached (both modalities of the run)."""
+    return Path(run_dir) / runfolder.PREDICTIONS_DIR / f"{target}_from_{source}.h5ad"
 
 
-def run_predict(run_dir: Path, target: str, source: str, out: Path, query: str | None = None,
-                timeout: float = 900) -> str | None:
-    """``python -m scmm predict`` in a child process; returns an error message or None."""
+def check_direction(view, target, source) -> str | None:
+    """Why (``target`` from ``source``) is not a prediction this run can make (None when it can)."""
+    if target not in view.modalities or source not in view.modalities:
+        return f"modalities must be among {view.modalities}"
+    if target == source:
+        return "pick two different modalities"
+    return None
+
+
+def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: Path | None = None,
+                timeout: float = 900, on_wait=None) -> str | None:
+    """``python -m scmm predict`` in a child process and a work slot; returns an error message or None.
+
+    The prediction is written to a temporary name and renamed into ``out``
+    only when complete.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "scmm", "predict", str(run_dir), "--target", target,
-           "--from", source, "--out", str(out)]
-    if query:
-        cmd += ["--query", query]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(jobs._ROOT))
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+    cmd = processes.python_command("scmm", "predict", run_dir, "--target", target, "--from", source,
+                                   "--out", tmp)
+    if query is not None:
+        cmd += ["--query", str(query)]
+    try:
+        with processes.work_slot(cfg.slots_dir, cfg.work_slots, wait=300, on_wait=on_wait):
+            proc = processes.run_child(cmd, timeout)
+    except processes.Busy as err:
+        return str(err)
+    except subprocess.TimeoutExpired:
+        tmp.unlink(missing_ok=True)
+        return f"the prediction took longer than {timeout:.0f} s"
     if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        return lines[-1] if lines else f"exit code {proc.returncode}"
+        return lines[-1][:500] if lines else f"exit code {proc.returncode}"
+    tmp.replace(out)
     return None
 
 
@@ -169,6 +191,37 @@ def register(app, cfg) -> None:
         return (heat, cluster_scatter(tables, target, view.modalities), similarity_view(tables, target),
                 feats, feats[0] if feats else None, {"target": target})
 
+    def export_panels(run_id, target):
+        view = _view(cfg, run_id)
+        if view is None or target not in view.modalities:
+            return None
+        tables = view.heatmap_tables()
+        chosen, titles = panels(tables, target, view.modalities)
+        return figures.heatmaps(chosen, titles, title=f"{target}: marker features per cluster"), \
+            cluster_scatter(tables, target, view.modalities)
+
+    for index, name in enumerate(("heatmaps", "pred-obs")):
+        components.register_export(
+            app, cfg, name, [State("gen-run", "data"), State("gen-target", "value")],
+            lambda run_id, target, i=index: (export_panels(run_id, target) or (None, None))[i],
+            lambda run_id, target, kind=name: f"{run_id}_{target}_{kind}")
+
+    def export_cells_figure(run_id, target, feature):
+        view = _view(cfg, run_id)
+        if view is None or target not in view.modalities:
+            return None
+        others = [m for m in view.modalities if m != target]
+        source = others[0] if others else target
+        path = prediction_path(view.path, target, source)
+        if not path.exists() or not isinstance(feature, str) or feature not in view._feature_index[target]:
+            return None
+        return cell_scatter(view, path, target, source, feature)
+
+    components.register_export(
+        app, cfg, "pred-cells", [State("gen-run", "data"), State("gen-target", "value"),
+                                 State("gen-cell-feature", "value")],
+        export_cells_figure, lambda run_id, target, feature: f"{run_id}_{target}_{feature}_predicted_vs_observed")
+
     @app.callback(Output(components.graph_id("pred-cells"), "figure"),
                   Input("gen-cells-run", "n_clicks"), Input("gen-cell-feature", "value"),
                   State("gen-target", "value"), State("gen-run", "data"),
@@ -176,16 +229,19 @@ def register(app, cfg) -> None:
                   running=[(Output("gen-cells-run", "disabled"), True, False)])
     def per_cell(n, feature, target, run_id):
         """Per-cell prediction of the shown modality from the other one (cached in the run)."""
+        processes.exit_with_parent()
         view = _view(cfg, run_id)
-        if view is None or not feature:
+        if view is None or not feature or target not in view.modalities:
             return no_update
         others = [m for m in view.modalities if m != target]
         source = others[0] if others else target
+        if feature not in view._feature_index[target]:
+            return figures.empty(f"{str(feature)[:60]} is not a feature of {target}", height=460)
         path = prediction_path(view.path, target, source)
         if not path.exists():
             if not n:
                 return figures.empty("press 'Predict per cell'", height=460)
-            error = run_predict(view.path, target, source, path)
+            error = run_predict(cfg, view.path, target, source, path)
             if error:
                 return figures.empty(f"prediction failed: {error}", height=460)
         return cell_scatter(view, path, target, source, feature)
@@ -205,7 +261,7 @@ def register(app, cfg) -> None:
             long.insert(0, "panel", titles[key])
             frames.append(long)
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return dict(content=table.to_csv(index=False), filename=f"{run_id}_{target}_heatmaps.csv")
+        return dict(content=table.to_csv(index=False), filename=components.safe_name(f"{view.id}_{target}_heatmaps") + ".csv")
 
     @app.callback(Output("gen-query-download", "data"), Output("gen-query-status", "children"),
                   Input("gen-query-run", "n_clicks"), State("gen-query", "value"),
@@ -214,11 +270,19 @@ def register(app, cfg) -> None:
                   running=[(Output("gen-query-run", "disabled"), True, False)])
     def query_predict(_n, query, source, target, run_id):
         """Predict ``target`` for a one-modality query and download it as CSV."""
+        processes.exit_with_parent()
         view = _view(cfg, run_id)
-        if view is None or query not in [d["value"] for d in data_access.list_datasets(cfg.data_dir)]:
-            return no_update, "pick a query dataset"
-        out = view.path / PRED_DIR / f"query_{components.safe_name(Path(query).stem)}_{target}_from_{source}.csv"
-        error = run_predict(view.path, target, source, out, query=query)
+        query_path = data_access.resolve_dataset(cfg.data_dir, query)
+        if view is None or query_path is None:
+            return no_update, dbc.Alert("Pick a query dataset of the data folder.", color="warning",
+                                        className="py-1", id="gen-query-error")
+        problem = check_direction(view, target, source)
+        if problem:
+            return no_update, dbc.Alert(problem, color="warning", className="py-1", id="gen-query-error")
+        name = f"query_{components.safe_name(Path(query).stem, 60)}_{target}_from_{source}.csv"
+        out = view.path / runfolder.PREDICTIONS_DIR / name
+        error = run_predict(cfg, view.path, target, source, out, query=query_path)
         if error:
-            return no_update, dbc.Alert(error, color="danger", className="py-1")
-        return dcc.send_file(str(out)), f"predicted {target} from {source} for {Path(query).name}"
+            return no_update, dbc.Alert(error, color="danger", className="py-1", id="gen-query-error")
+        return dcc.send_file(str(out), filename=f"{view.id}_{name}"), \
+            f"predicted {target} from {source} for {data_access.dataset_label(cfg.data_dir, query)}"

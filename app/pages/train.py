@@ -1,68 +1,83 @@
-"""Page 2, Train: options, start a background job, live progress and loss curve, cancel, runs list.
+"""Page 2, Train: options, submit a job to the queue, live progress and loss curve, cancel, runs list.
 
-Training runs in a detached child process (:mod:`app.jobs`); a Dash background
-callback (``DiskcacheManager``) follows its ``progress.json`` and streams the
-progress bar and the loss curve with ``set_progress``.  The page finds a job
-that is still running when it is reopened (or one started from the CLI) and
-follows it again.
+Training runs in a detached child process started by the server's job queue
+(:class:`app.jobs.JobQueue`).  The browser holds only the job id the server
+issued (``train-active``); an interval polls the job's state (queue place,
+epoch, losses), so closing the browser does not stop the job and a reopened
+page follows it again.  Form values are checked on the server with the
+library's own bounds (:mod:`scmm.options`) before anything is queued.
 """
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from urllib.parse import urlencode
 
 import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
+from scmm.options import MODEL_BOUNDS, TRAIN_BOUNDS, check_option
+from scmm.presets import PRESETS
+
 from app import components, data_access, figures, jobs
 
-PRESETS = [{"label": "auto (from the modalities)", "value": ""},
-           {"label": "cite (paper, CITE-seq)", "value": "cite"},
-           {"label": "atac (paper, RNA + ATAC)", "value": "atac"},
-           {"label": "cite-large-batch (GPU)", "value": "cite-large-batch"}]
-POLL_S = 0.7
+POLL_MS = 1000
 
 
-def running_run(runs_dir: Path) -> str | None:
-    """Path of the newest run still in progress (to follow it when the page opens)."""
-    for run in jobs.list_runs(runs_dir):
-        if run["status"] not in jobs.TERMINAL:
-            return run["path"]
+def preset_options() -> list[dict]:
+    """The preset dropdown, from the library's registry."""
+    return [{"label": "auto (from the modalities)", "value": ""}] + \
+        [{"label": name, "value": name} for name in PRESETS]
+
+
+def form_options(preset, latent, epochs, lr) -> dict:
+    """The Train form's values as job options, checked with the library's bounds (ValueError otherwise)."""
+    if preset not in ("", None) and preset not in PRESETS:
+        raise ValueError(f"Preset must be one of {sorted(PRESETS)}, got {str(preset)[:40]!r}")
+    checks = {"Latent size": (latent, MODEL_BOUNDS["latent_dim"]), "Epochs": (epochs, TRAIN_BOUNDS["epochs"]),
+              "Learning rate": (lr, TRAIN_BOUNDS["lr"])}
+    values = {}
+    for label, (value, bounds) in checks.items():
+        if value in (None, "") and label != "Latent size":
+            values[label] = None
+            continue
+        values[label] = check_option(label, value, *bounds)
+    return {"preset": preset or None, "latent_dim": values["Latent size"], "epochs": values["Epochs"],
+            "lr": values["Learning rate"]}
+
+
+def active_job(cfg) -> str | None:
+    """The id of the newest job still queued or running (to follow it when the page opens)."""
+    for record in reversed(cfg.queue.records()):
+        if record["state"] in ("queued", "running"):
+            return record["job_id"]
     return None
-
-
-def last_loss_curve(runs_dir: Path):
-    """The loss curve of the newest run with epochs (shown while no job is followed)."""
-    for run in jobs.list_runs(runs_dir):
-        if run["history"]:
-            return figures.loss_curve(run["history"], title=f"Loss: {run['run']} ({run['status']})")
-    return figures.loss_curve([])
 
 
 def layout(cfg, run_id, query) -> html.Div:
     """The Train page."""
     datasets = data_access.list_datasets(cfg.data_dir)
     values = [d["value"] for d in datasets]
+    active = active_job(cfg)
     data = query.get("data") if query.get("data") in values else (values[0] if values else None)
     form = dbc.Card(dbc.CardBody([
         dbc.Label("Dataset"), dcc.Dropdown(id="train-data", options=datasets, value=data, clearable=False),
         dbc.Label("Preset", className="mt-2"),
-        dcc.Dropdown(id="train-preset", options=PRESETS, value="", clearable=False),
+        dcc.Dropdown(id="train-preset", options=preset_options(), value="", clearable=False),
         dbc.Row([
             dbc.Col([dbc.Label("Latent size", className="mt-2"),
-                     dbc.Input(id="train-latent", type="number", min=2, max=64, step=1, value=10)]),
+                     dbc.Input(id="train-latent", type="number", min=1, max=MODEL_BOUNDS["latent_dim"][1],
+                               step=1, value=10)]),
             dbc.Col([dbc.Label("Epochs", className="mt-2"),
-                     dbc.Input(id="train-epochs", type="number", min=1, max=1000, step=1,
-                               placeholder="preset")]),
+                     dbc.Input(id="train-epochs", type="number", min=1, max=TRAIN_BOUNDS["epochs"][1],
+                               step=1, placeholder="preset")]),
             dbc.Col([dbc.Label("Learning rate", className="mt-2"),
-                     dbc.Input(id="train-lr", type="number", min=1e-6, max=1, step="any",
+                     dbc.Input(id="train-lr", type="number", min=0, max=TRAIN_BOUNDS["lr"][1], step="any",
                                placeholder="preset")]),
         ]),
         html.Div([dbc.Button("Train", id="train-start", color="primary", className="me-2"),
-                  dbc.Button("Cancel", id="train-cancel", color="danger", outline=True, disabled=True)],
+                  dbc.Button("Cancel", id="train-cancel", color="danger", outline=True, disabled=not active)],
                  className="mt-3"),
         html.Div(id="train-cancel-msg", className="small text-muted mt-2"),
     ]))
@@ -73,19 +88,28 @@ def layout(cfg, run_id, query) -> html.Div:
         html.Div(id="train-status", className="small mt-2"),
     ]), className="mb-3")
     return html.Div([
-        dcc.Store(id="train-active", data=running_run(cfg.runs_dir)),
+        dcc.Store(id="train-active", data=active),
+        dcc.Interval(id="train-poll", interval=POLL_MS, disabled=not active),
         dcc.Interval(id="train-runs-refresh", interval=2000),
         html.H3("Train"),
         html.P(["Training runs in a separate process: closing the browser does not stop it, and this "
                 "page follows it again when reopened. Runs trained with ", html.Code("scmm train"),
-                " into ", html.Code(str(cfg.runs_dir)), " appear below too."], className="text-muted"),
+                " into ", html.Code(str(cfg.runs_dir)), " appear below too. Jobs wait in a queue: ",
+                f"{cfg.queue.max_running} training(s) run at a time on this server."], className="text-muted"),
         dbc.Row([
             dbc.Col(form, md=4),
-            dbc.Col([monitor, components.figure_card("loss", last_loss_curve(cfg.runs_dir), "Loss curve")], md=8),
+            dbc.Col([monitor, components.figure_card("loss", figures.loss_curve([]), "Loss curve")], md=8),
         ]),
         html.H4(["Runs", components.csv_button("runs")], className="mt-3"),
         html.Div(id="train-runs"),
     ])
+
+
+def status_text(run: dict) -> str:
+    """A run's status in words, with its place in the queue."""
+    if run["status"] == "queued" and run.get("position"):
+        return f"queued (#{run['position']})"
+    return run["status"]
 
 
 def runs_table(runs: list[dict]) -> html.Div:
@@ -99,31 +123,56 @@ def runs_table(runs: list[dict]) -> html.Div:
         last = r["history"][-1] if r["history"] else {}
         loss = " / ".join(f"{last[k]:.1f}" for k in ("train_loss", "test_loss")
                           if isinstance(last.get(k), (int, float)))
-        badge = {"done": "success", "failed": "danger", "cancelled": "secondary"}.get(r["status"], "info")
+        badge = {"done": "success", "failed": "danger", "cancelled": "secondary",
+                 "unreadable": "warning"}.get(r["status"], "info")
         link = "/embeddings?" + urlencode({"run": r["run"]})
+        status = [dbc.Badge(status_text(r), color=badge, className="run-status")]
+        if r["status"] in ("unreadable", "failed") and r.get("message"):
+            status.append(html.Div(r["message"][:300], className="small text-muted run-reason"))
+        started = time.strftime("%d %b %H:%M", time.localtime(r["created"])) if r["created"] else ""
         rows.append(html.Tr([
-            html.Td(r["run"]), html.Td(Path(r["data"]).name if r["data"] else "(CLI)"),
-            html.Td(dbc.Badge(r["status"], color=badge, className="run-status"),
-                    title=r.get("message", "")),
+            html.Td(r["run"]), html.Td(r["dataset"] or "(CLI)"),
+            html.Td(status, title=r.get("message", "")),
             html.Td(f"{r['epoch']}/{r['epochs']}" if r["epochs"] else ""), html.Td(loss),
-            html.Td(time.strftime("%d %b %H:%M", time.localtime(r["created"]))),
-            html.Td(dcc.Link("explore", href=link) if r["has_model"] else ""),
+            html.Td(started),
+            html.Td(dcc.Link("explore", href=link) if r["has_model"] and r["status"] != "unreadable" else ""),
         ], id={"role": "run-row", "run": r["run"]}))
     return dbc.Table([head, html.Tbody(rows)], size="sm", hover=True, striped=True, id="runs-table")
 
 
 def progress_view(state: dict):
-    """(bar value, bar label, loss figure, stage text) for a :func:`jobs.progress` state."""
+    """(bar value, bar label, stage text) for a :func:`jobs.progress` state."""
     epochs = max(int(state.get("epochs") or 0), 1)
     value = 100 * min(int(state.get("epoch") or 0), epochs) / epochs
-    status = state["status"]
-    if status in ("analysing", "done") and state.get("has_model"):
+    status = status_text(state)
+    if state["status"] in ("analysing", "done") and state.get("has_model"):
         value = 100
     label = f"{state.get('epoch', 0)}/{state.get('epochs') or '?'} epochs"
     stage = f"{state['run']}: {status}" + (f" ({state['message']})" if state.get("message")
-                                              and state["message"] != status else "")
-    fig = figures.loss_curve(state.get("history") or [], title=f"Loss: {state['run']}")
-    return value, label, fig, stage
+                                              and state["message"] != state["status"] else "")
+    return value, label, stage
+
+
+def job_state(cfg, job_id) -> dict | None:
+    """The progress of job ``job_id`` (None for an id this server did not issue)."""
+    record = cfg.queue.get(job_id)
+    if record is None:
+        return None
+    state = jobs.progress(cfg.runs_dir / record["run"], record)
+    state["position"] = cfg.queue.position(job_id)
+    return state
+
+
+def result_alert(state: dict):
+    """The final word on a finished job."""
+    colour = {"done": "success", "cancelled": "secondary"}.get(state["status"], "danger")
+    text = {"done": "finished", "cancelled": "was cancelled", "failed": "failed"}.get(state["status"],
+                                                                                     state["status"])
+    body = [html.Span(f"{state['run']} {text}: "), html.Span(state.get("message") or "")]
+    if state["status"] == "done" and state.get("has_model"):
+        body.append(dcc.Link(" Explore the embeddings →", href="/embeddings?" + urlencode({"run": state["run"]}),
+                             id="train-explore"))
+    return dbc.Alert(body, color=colour, className="py-2 mb-0", id="train-result")
 
 
 def register(app, cfg) -> None:
@@ -134,62 +183,68 @@ def register(app, cfg) -> None:
                   State("train-data", "value"), State("train-preset", "value"),
                   State("train-latent", "value"), State("train-epochs", "value"),
                   State("train-lr", "value"), prevent_initial_call=True)
-    def start(_n, data, preset, latent, epochs, lr):
-        """Start a training job in a child process; the monitor follows it."""
-        if data not in [d["value"] for d in data_access.list_datasets(cfg.data_dir)]:
-            return no_update, "pick a dataset of the data folder first"
-        options = {"preset": preset or None, "latent_dim": latent, "epochs": epochs, "lr": lr}
-        run_dir = jobs.start(data, cfg.runs_dir, options)
-        return run_dir, f"started {Path(run_dir).name}"
+    def start(_n, dataset_id, preset, latent, epochs, lr):
+        """Queue a training job (checked on the server); the monitor follows it by its id."""
+        path = data_access.resolve_dataset(cfg.data_dir, dataset_id)
+        if path is None:
+            return no_update, dbc.Alert("Pick a dataset of the data folder first.", color="warning",
+                                        className="py-1", id="train-error")
+        try:
+            options = form_options(preset, latent, epochs, lr)
+        except ValueError as err:
+            return no_update, dbc.Alert(str(err), color="danger", className="py-1", id="train-error")
+        try:
+            record = cfg.queue.submit(path, dataset_id, options)
+        except OSError as err:
+            return no_update, dbc.Alert(f"Cannot start: {err}", color="danger", className="py-1",
+                                        id="train-error")
+        if record.get("duplicate"):
+            return record["job_id"], f"already submitted as {record['run']}"
+        return record["job_id"], f"submitted {record['run']}"
 
-    @app.callback(Output("train-status", "children"), Input("train-active", "data"),
-                  background=True, interval=700,
-                  progress=[Output("train-progress", "value"), Output("train-progress", "label"),
-                            Output(components.graph_id("loss"), "figure"),
-                            Output("train-stage", "children")],
-                  running=[(Output("train-start", "disabled"), True, False),
-                           (Output("train-cancel", "disabled"), False, True)])
-    def monitor(set_progress, run_dir):
-        """Follow the job's progress.json until it finishes (training, then analysis)."""
-        if not run_dir or not Path(run_dir).exists():
-            return ""
-        seen = None
-        while True:
-            state = jobs.progress(run_dir)
-            key = (state["status"], state["epoch"], len(state["history"]), state.get("message"))
-            if key != seen:
-                set_progress(progress_view(state))
-                seen = key
-            if state["status"] in jobs.TERMINAL:
-                break
-            time.sleep(POLL_S)
-        colour = {"done": "success", "cancelled": "secondary"}.get(state["status"], "danger")
-        text = {"done": "finished", "cancelled": "cancelled", "failed": "failed"}[state["status"]]
-        body = [html.Span(f"{state['run']} {text}. "), html.Span(state.get("message") or "")]
-        if state["status"] == "done":
-            body.append(dcc.Link(" Explore the embeddings →", href="/embeddings?" + urlencode({"run": state["run"]}),
-                                 id="train-explore"))
-        time.sleep(POLL_S)  # let the last progress reach the browser first
-        return dbc.Alert(body, color=colour, className="py-2 mb-0", id="train-result")
+    @app.callback(Output("train-progress", "value"), Output("train-progress", "label"),
+                  Output("train-stage", "children"), Output(components.graph_id("loss"), "figure"),
+                  Output("train-status", "children"), Output("train-poll", "disabled"),
+                  Output("train-cancel", "disabled"),
+                  Input("train-poll", "n_intervals"), Input("train-active", "data"))
+    def monitor(_n, job_id):
+        """The followed job's queue place, epoch, losses and final word; polling (and Cancel) while it runs."""
+        state = job_state(cfg, job_id)
+        if state is None:
+            return 0, "", "no job running", figures.loss_curve([]), "", True, True
+        value, label, stage = progress_view(state)
+        curve = figures.loss_curve(state["history"], title=f"Loss: {state['run']}")
+        if state["status"] in jobs.TERMINAL or state["status"] == "unreadable":
+            return value, label, stage, curve, result_alert(state), True, True
+        return value, label, stage, curve, "", False, False
 
     @app.callback(Output("train-cancel-msg", "children", allow_duplicate=True),
                   Input("train-cancel", "n_clicks"), State("train-active", "data"),
                   prevent_initial_call=True)
-    def cancel(_n, run_dir):
-        """Ask the job to stop (CANCEL file + SIGTERM); nothing is saved."""
-        if not run_dir:
+    def cancel(_n, job_id):
+        """Cancel the followed job: the queue checks the id and ends the job's process group."""
+        if not job_id:
             return "no job to cancel"
-        asked = jobs.cancel(run_dir)
-        return f"cancelling {Path(run_dir).name}…" if asked else "the job had already finished"
+        return cfg.queue.cancel(job_id)
+
+    def loss_figure(job_id):
+        state = job_state(cfg, job_id)
+        return figures.loss_curve(state["history"], title=f"Loss: {state['run']}") if state else None
+
+    def loss_name(job_id):
+        state = job_state(cfg, job_id)
+        return f"{state['run']}_loss" if state else "loss"
+
+    components.register_export(app, cfg, "loss", [State("train-active", "data")], loss_figure, loss_name)
 
     @app.callback(Output({"role": "csv-download", "t": "runs"}, "data"),
                   Input({"role": "csv", "t": "runs"}, "n_clicks"), prevent_initial_call=True)
     def runs_csv(_n):
         """The runs list as CSV (one row per run, with its final losses and options)."""
         rows = []
-        for r in jobs.list_runs(cfg.runs_dir):
+        for r in jobs.list_runs(cfg.runs_dir, cfg.queue):
             last = r["history"][-1] if r["history"] else {}
-            rows.append({"run": r["run"], "data": r["data"], "status": r["status"], "epoch": r["epoch"],
+            rows.append({"run": r["run"], "dataset": r["dataset"], "status": r["status"], "epoch": r["epoch"],
                          "epochs": r["epochs"], "train_loss": last.get("train_loss"),
                          "test_loss": last.get("test_loss"), "analysed": r["analysed"],
                          "options": json.dumps(r["options"]), "message": r["message"]})
@@ -198,4 +253,4 @@ def register(app, cfg) -> None:
     @app.callback(Output("train-runs", "children"), Input("train-runs-refresh", "n_intervals"))
     def refresh_runs(_n):
         """The runs list, refreshed every 2 s."""
-        return runs_table(jobs.list_runs(cfg.runs_dir))
+        return runs_table(jobs.list_runs(cfg.runs_dir, cfg.queue))

@@ -15,7 +15,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
 from app import components, data_access, figures
-from app.pages.embeddings import no_run
+from app.pages.embeddings import no_run, run_missing
 
 N_PROFILE = 6
 TABLE_ROWS = 20
@@ -30,7 +30,7 @@ def layout(cfg, run_id, query) -> html.Div:
     """The Traversal page (``dim`` and ``mod`` from the query)."""
     view, trav = _traversal(cfg, run_id)
     if view is None:
-        return no_run()
+        return run_missing(cfg, run_id)
     if trav is None:
         return no_run(f"Run {view.id} has no traversal yet: run `scmm analyze` on it "
                       "(training from this app does it for you).")
@@ -78,14 +78,14 @@ def layout(cfg, run_id, query) -> html.Div:
 
 def associated(trav, dim: int, mod: str, logp: float | None):
     """``Traversal.associated`` at threshold 10**-logp (the modality's default when None)."""
-    pvalue = 10 ** (-float(logp)) if logp not in (None, "") else None
+    pvalue = 10 ** (-min(300.0, max(0.0, float(logp)))) if logp not in (None, "") else None
     return trav.associated(int(dim), mod, pvalue=pvalue)
 
 
 def traversal_figures(trav, dim: int, step: int, mod: str, logp, n: int):
     """(bars, profile, table) for one slider position; array slicing only, no decoding."""
     table = associated(trav, dim, mod, logp)
-    n = int(n or 15)
+    n = min(100, max(1, int(n or 15)))
     bars = figures.traversal_bars(table, title=f"z{dim + 1} · {mod}: {len(table)} associated", n=n)
     top = list(table[table.direction == "positive"].feature[:N_PROFILE // 2]) + \
         list(table[table.direction == "negative"].feature[:N_PROFILE // 2])
@@ -93,6 +93,24 @@ def traversal_figures(trav, dim: int, step: int, mod: str, logp, n: int):
     z = float(trav.steps[int(step)])
     prof = figures.traversal_profile(profile, z_sigma=z, title=f"z{dim + 1} = {z:g} σ")
     return bars, prof, table
+
+
+def fits(trav, dim, step, mod) -> bool:
+    """True when the client's dimension, traversal step and modality exist in ``trav``."""
+    return trav is not None and mod in trav.modalities and isinstance(dim, int) and 0 <= dim < trav.n_dims \
+        and isinstance(step, int) and 0 <= step < len(trav.steps)
+
+
+def export_figures(cfg, run_id, dim, step, mod, logp, n):
+    """(bars, profile) as shown, rebuilt on the server (None when the settings do not fit the run)."""
+    _, trav = _traversal(cfg, run_id)
+    if not fits(trav, dim, step, mod):
+        return None
+    try:
+        bars, prof, _ = traversal_figures(trav, dim, step, mod, logp, n)
+    except (TypeError, ValueError):
+        return None
+    return bars, prof
 
 
 def marker_patch(trav, dim: int, step: int) -> Patch:
@@ -123,9 +141,12 @@ def register(app, cfg) -> None:
     def update(dim, mod, logp, n, step, run_id):
         """Re-slice the cached traversal for the sliders and thresholds."""
         view, trav = _traversal(cfg, run_id)
-        if trav is None:
+        if not fits(trav, dim, step, mod):
             return no_update, no_update, no_update, no_update, no_update
-        bars, prof, table = traversal_figures(trav, dim, step, mod, logp, n)
+        try:
+            bars, prof, table = traversal_figures(trav, dim, step, mod, logp, n)
+        except (TypeError, ValueError):
+            return no_update, no_update, no_update, "the threshold and bars must be numbers", no_update
         n_pos = int((table.direction == "positive").sum())
         link = lambda row: "/embeddings?" + urlencode({"run": run_id, "color": f"feat:{mod}:{row['feature']}"})
         shown = table.drop(columns=["mean_low", "mean_high"], errors="ignore")
@@ -139,9 +160,17 @@ def register(app, cfg) -> None:
     def move_marker(step, dim, run_id):
         """A traversal-value step only moves the marker on the profile (a Patch)."""
         _, trav = _traversal(cfg, run_id)
-        if trav is None:
+        if trav is None or not fits(trav, dim, step, trav.modalities[0]):
             return no_update
         return marker_patch(trav, dim, step)
+
+    states = [State("trav-run", "data"), State("trav-dim", "value"), State("trav-step", "value"),
+              State("trav-mod", "value"), State("trav-logp", "value"), State("trav-n", "value")]
+    for index, name in enumerate(("traversal-bars", "traversal-profile")):
+        components.register_export(
+            app, cfg, name, states,
+            lambda *values, i=index: (export_figures(cfg, *values) or (None, None))[i],
+            lambda run_id, dim, step, mod, *_, kind=name.split("-")[1]: f"{run_id}_z{dim + 1 if isinstance(dim, int) else ''}_{mod}_{kind}")
 
     @app.callback(Output("trav-link", "children"),
                   Input(components.graph_id("traversal-bars"), "clickData"),
@@ -161,10 +190,13 @@ def register(app, cfg) -> None:
     def download(_n, dim, mod, logp, run_id):
         """The associated features of this dimension and modality as CSV."""
         _, trav = _traversal(cfg, run_id)
-        if trav is None:
+        if not fits(trav, dim, 0, mod):
             return no_update
-        table = associated(trav, dim, mod, logp)
+        try:
+            table = associated(trav, dim, mod, logp)
+        except (TypeError, ValueError):
+            return no_update
         table.insert(0, "dim", int(dim) + 1)
-        return dict(content=table.to_csv(index=False), filename=f"{run_id}_z{int(dim) + 1}_{mod}_associated.csv")
+        return dict(content=table.to_csv(index=False), filename=components.safe_name(f"{run_id}_z{dim + 1}_{mod}") + "_associated.csv")
 
 

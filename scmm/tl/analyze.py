@@ -13,24 +13,35 @@ saves them into the run folder:
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import math
 import time
 from pathlib import Path
 
 import pandas as pd
 
-ANALYSIS_DIR = "analysis"
+from ..runfolder import (ANALYSIS_DIR, CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, RunFileError,
+                         check_writable, read_json, replace_atomic, write_json_atomic)
 
 
 def write_results(mdata, run_dir) -> Path:
-    """Rewrite ``run_dir/results.h5mu`` from ``mdata`` atomically (temporary file, then rename)."""
-    from ..run import RESULTS_FILE
-    path = Path(run_dir) / RESULTS_FILE
-    tmp = path.with_name(f".{path.stem}.tmp.h5mu")
-    mdata.write(tmp)
-    os.replace(tmp, path)
-    return path
+    """Rewrite ``run_dir/results.h5mu`` from ``mdata`` atomically.
+
+    The file is written beside it under a temporary name and renamed over it;
+    a failure (full disk) removes the temporary file and leaves the previous
+    results untouched.
+    """
+    return replace_atomic(lambda tmp: mdata.write(tmp), Path(run_dir) / RESULTS_FILE)
+
+
+def _json_safe(value):
+    """``value`` with NaN / infinite floats as None (summary.json is strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def labels_digest(labels) -> str:
@@ -44,13 +55,18 @@ def load_heatmap_tables(run_dir, labels=None) -> dict | None:
     :func:`scmm.tl.heatmap_tables`), or None when the run has none, or when
     ``labels`` (current clusters) differ from those the tables were made with."""
     folder = Path(run_dir) / ANALYSIS_DIR
-    summary = folder / "summary.json"
-    if not summary.exists():
+    try:
+        saved = read_json(folder / SUMMARY_FILE)
+    except RunFileError:
         return None
-    saved = json.loads(summary.read_text())
+    if not isinstance(saved, dict):
+        return None
     if labels is not None and saved.get("cluster_digest") != labels_digest(labels):
         return None
     keys = saved.get("heatmap_tables", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and "|" in k and "/" not in k
+                                             and "\\" not in k and ".." not in k for k in keys):
+        return None
     out = {}
     for key in keys:
         target, kind = key.split("|", 1)
@@ -83,6 +99,11 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     from .traversal import traverse
 
     run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a scMM run folder (no {CONFIG_FILE})")
+    results = run_dir / RESULTS_FILE
+    # results.h5mu is rewritten beside itself: room for a second copy (and the tables)
+    check_writable(run_dir, need_bytes=2 * results.stat().st_size if results.is_file() else 0)
     report = progress or (lambda step, message: None)
     timings = {}
     started = time.perf_counter()
@@ -114,6 +135,8 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     report("heatmap", "cluster x feature tables")
     folder = run_dir / ANALYSIS_DIR
     folder.mkdir(exist_ok=True)
+    # the tables are about to change: an old summary must not vouch for them if this run fails
+    (folder / SUMMARY_FILE).unlink(missing_ok=True)
     n_clusters = labels.cat.categories.size
     tables = {}
     if n_clusters >= 2:
@@ -138,8 +161,6 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
         "associated_counts": trav.summary().to_dict(orient="records"),
         "seconds": timings,
     }
-    tmp = folder / ".summary.tmp.json"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, folder / "summary.json")
+    write_json_atomic(folder / SUMMARY_FILE, _json_safe(summary))
     report("done", "analysis saved")
     return summary

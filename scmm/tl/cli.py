@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..runfolder import ANALYSIS_DIR
+
 
 def _load(run, device=None):
     from ..api import SCMM
@@ -104,7 +106,7 @@ def cmd_heatmap(args) -> int:
     if args.groupby not in model.mdata.obs:
         raise KeyError(f"obs[{args.groupby!r}] not found: run `scmm cluster {args.run}` first")
     tables = heatmap_tables(model, groupby=args.groupby, n_markers=args.n_markers)
-    out = Path(args.out) if args.out else Path(args.run) / "analysis"
+    out = Path(args.out) if args.out else Path(args.run) / ANALYSIS_DIR
     paths = export_heatmap(tables, out)
     print(tables["similarity"].to_string(index=False))
     print(f"{len(paths)} tables written to {out}")

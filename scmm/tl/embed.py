@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +40,8 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, entries: dict) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **entries)
-    os.replace(tmp, path)
+    from ..runfolder import replace_atomic
+    replace_atomic(lambda tmp: np.savez(tmp, **entries), path)
 
 
 def run_umap(latent: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.3) -> np.ndarray:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..runfolder import ANALYSIS_DIR
+
 
 def _out_dir(out) -> Path:
     out = Path(out)
@@ -178,7 +180,7 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
     if fresh:
         tables = heatmap_tables(model, mdata)
     written = [export_latents(mdata, out / "latents.csv")]
-    saved_markers = run_dir / "analysis" / "markers.csv"
+    saved_markers = run_dir / ANALYSIS_DIR / "markers.csv"
     if saved_markers.exists() and not fresh:
         shutil.copyfile(saved_markers, out / "markers.csv")
         written.append(out / "markers.csv")

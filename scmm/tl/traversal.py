@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +191,9 @@ class Traversal:
         meta = {"format": _FORMAT, "key": self.key, "modalities": self.modalities,
                 "features": self.features, "kinds": self.kinds, "library": self.library,
                 "pvalues": self.pvalues}
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp_json = path.with_name(f".{path.stem}.tmp.json")
-        tmp_json.write_text(json.dumps(meta))
-        os.replace(tmp, path)
-        os.replace(tmp_json, path.with_suffix(".json"))
+        from ..runfolder import replace_atomic
+        replace_atomic(lambda tmp: np.savez(tmp, **arrays), path)
+        replace_atomic(lambda tmp: tmp.write_text(json.dumps(meta)), path.with_suffix(".json"))
         return path
 
     @classmethod

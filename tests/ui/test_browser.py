@@ -4,13 +4,17 @@ One flow, in the order a biologist meets it: the demo's summary and a bad
 file's error (Data) -> train a few epochs with live progress (Train) -> start
 another job and cancel it -> colour-by, lasso, top features and a CSV
 (Embeddings) -> traversal with a CSV and a PNG download (Traversal) ->
-heatmaps (Generation).  Screenshots of every page go to docs/screenshots/.
+heatmaps and a prediction for an uploaded query (Generation).  Screenshots of
+every page go to the test's temporary folder; ``SCMM_UPDATE_SCREENSHOTS=1``
+writes them to docs/screenshots/ instead (the README's pictures):
 
-    pytest -m ui tests/ui            # about 3-4 minutes on 2 cores
+    pytest -m ui tests/ui                                   # about 3-4 minutes on 2 cores
+    SCMM_UPDATE_SCREENSHOTS=1 pytest -m ui tests/ui         # refresh the README screenshots
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -21,15 +25,22 @@ from app import jobs
 from app.main import create_app
 
 pytestmark = [pytest.mark.ui, pytest.mark.filterwarnings("ignore::UserWarning:mudata")]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+README_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TRAIN_EPOCHS = 2
 
 
-def shot(dash_duo, name: str) -> None:
-    """Save a screenshot of the current page as docs/screenshots/<name>.png."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where screenshots go: the README's folder only when asked (SCMM_UPDATE_SCREENSHOTS=1)."""
+    folder = README_SHOTS if os.environ.get("SCMM_UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def shot(dash_duo, folder: Path, name: str) -> None:
+    """Save a screenshot of the current page as <folder>/<name>.png."""
     time.sleep(0.8)  # let plotly finish drawing
-    dash_duo.driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    dash_duo.driver.save_screenshot(str(folder / f"{name}.png"))
 
 
 def wait_for_download(folder: str, suffix: str, timeout: float = 60) -> Path:
@@ -106,7 +117,7 @@ def lasso_left_half(dash_duo) -> None:
     """)
 
 
-def test_full_flow(dash_duo, tmp_path):
+def test_full_flow(dash_duo, tmp_path, shots):
     data_dir, runs_dir = tmp_path / "data", tmp_path / "runs"
     data_dir.mkdir()
     (data_dir / "broken.h5ad").write_bytes(b"this is not an HDF5 file")
@@ -116,8 +127,8 @@ def test_full_flow(dash_duo, tmp_path):
     # 1. Data: the demo is preloaded and summarised; a bad file shows the reader's error
     dash_duo.wait_for_contains_text("#data-ncells", "3,000 cells", timeout=90)
     dash_duo.wait_for_contains_text("#data-table", "prot", timeout=5)
-    shot(dash_duo, "data")
-    visit(dash_duo, "/data", data=str((data_dir / "broken.h5ad").resolve()))
+    shot(dash_duo, shots, "data")
+    visit(dash_duo, "/data", data="broken.h5ad")
     dash_duo.wait_for_element("#data-error", timeout=90)
     assert "broken.h5ad" in dash_duo.find_element("#data-error").text
 
@@ -129,7 +140,7 @@ def test_full_flow(dash_duo, tmp_path):
     click(dash_duo, "#train-start")
     dash_duo.wait_for_contains_text("#train-stage", "training", timeout=60)
     dash_duo.wait_for_contains_text("#train-stage", "analysing", timeout=180)
-    shot(dash_duo, "train")
+    shot(dash_duo, shots, "train")
     dash_duo.wait_for_contains_text("#train-result", "finished", timeout=400)
     runs = jobs.list_runs(runs_dir)
     assert len(runs) == 1 and runs[0]["status"] == "done" and runs[0]["analysed"]
@@ -150,7 +161,6 @@ def test_full_flow(dash_duo, tmp_path):
     visit(dash_duo, "/train")
     dash_duo.wait_for_contains_text("#train-stage", "training", timeout=60)
     wait_enabled(dash_duo, "#train-cancel")
-    time.sleep(2)  # the renderer needs the background job's id before a cancel takes
     click(dash_duo, "#train-cancel")
     dash_duo.wait_for_contains_text("#train-result", "cancelled", timeout=120)
     statuses = {r["run"]: r["status"] for r in jobs.list_runs(runs_dir)}
@@ -167,7 +177,7 @@ def test_full_flow(dash_duo, tmp_path):
     assert 0 < n_selected < 3000
     click(dash_duo, "#sel-rank")
     dash_duo.wait_for_element("#sel-features", timeout=120)
-    shot(dash_duo, "embeddings")
+    shot(dash_duo, shots, "embeddings")
     click_id(dash_duo, {"role": "csv", "t": "selection-cells"})
     cells_csv = wait_for_download(dash_duo.download_path, "_cells.csv")
     assert len(cells_csv.read_text().strip().splitlines()) == n_selected + 1
@@ -176,7 +186,7 @@ def test_full_flow(dash_duo, tmp_path):
     visit(dash_duo, "/traversal", run=run_id, dim="1")
     dash_duo.wait_for_element("#trav-features", timeout=60)
     dash_duo.wait_for_contains_text(".gtitle", "z2", timeout=30)
-    shot(dash_duo, "traversal")
+    shot(dash_duo, shots, "traversal")
     click_id(dash_duo, {"role": "csv", "t": "associated"})
     trav_csv = wait_for_download(dash_duo.download_path, "_associated.csv")
     assert trav_csv.read_text().startswith("dim,feature")
@@ -184,13 +194,21 @@ def test_full_flow(dash_duo, tmp_path):
     png = wait_for_download(dash_duo.download_path, ".png", timeout=90)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # 6. Generation: heatmaps side by side; prediction for a one-modality query, as CSV
-    write_query(data_dir / "demo.h5mu", data_dir / "query_rna.h5ad", n_cells=100)
+    # 6. Upload a one-modality query (streamed to the server under a name it chooses)
+    write_query(data_dir / "demo.h5mu", tmp_path / "query_rna.h5ad", n_cells=100)
+    visit(dash_duo, "/data")
+    dash_duo.wait_for_element("#data-upload-input", timeout=30).send_keys(str(tmp_path / "query_rna.h5ad"))
+    dash_duo.wait_for_contains_text("#upload-ok", "query_rna.h5ad", timeout=60)
+    # one modality is a query, not a training set: the reader says so, under the file's own name
+    dash_duo.wait_for_contains_text("#data-error", "query_rna.h5ad", timeout=90)
+    assert not (data_dir / "uploads" / "query_rna.h5ad").exists()
+
+    # 7. Generation: heatmaps side by side; prediction for the uploaded query, as CSV
     visit(dash_duo, "/generation", run=run_id)
     dash_duo.wait_for_contains_text("#gen-similarity", "cross-modal", timeout=60)
     dash_duo.wait_for_contains_text(".js-plotly-plot", "generated from", timeout=30)
-    shot(dash_duo, "generation")
-    pick_option(dash_duo, "#gen-query", "query_rna.h5ad")
+    shot(dash_duo, shots, "generation")
+    pick_option(dash_duo, "#gen-query", "query_rna.h5ad (uploaded)")
     click(dash_duo, "#gen-query-run")
     predicted = wait_for_download(dash_duo.download_path, "_prot_from_rna.csv", timeout=120)
     assert len(predicted.read_text().strip().splitlines()) == 100 + 1

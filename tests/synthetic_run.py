@@ -49,11 +49,16 @@ def make_run(path: str | Path, n_cells: int = 2000, n_genes: int = 300, n_prots:
     mdata.write(path / "results.h5mu")
     history = [{"epoch": e, "train_loss": 100.0 / e, "test_loss": 110.0 / e, "beta": 1.0, "seconds": 1.0}
                for e in range(1, 6)]
-    (path / "config.json").write_text(json.dumps({"modalities": {"rna": "nb", "prot": "nb"},
-                                                  "latent_dim": latent_dim, "history": history,
-                                                  "status": "completed"}))
+    names = {"rna": genes, "prot": prots}
+    specs = [{"name": m, "n_features": len(f), "likelihood": "nb", "hidden": [16]} for m, f in names.items()]
+    (path / "config.json").write_text(json.dumps({
+        "modalities": {"rna": "nb", "prot": "nb"}, "preset": "cite", "latent_dim": latent_dim,
+        "posterior_scale": "softplus", "log_input": True, "specs": specs, "feature_names": names,
+        "median_library": {"rna": 100.0, "prot": 90.0}, "train_settings": {}, "history": history,
+        "status": "completed"}))
+    (path / "model.pt").write_bytes(b"")  # never loaded by the pages
     (path / "progress.json").write_text(json.dumps({"status": "done", "epoch": 5, "epochs": 5,
-                                                    "history": history, "pid": 0}))
+                                                    "history": history}))
     _traversal(Traversal, path, rng, latent_dim, {"rna": genes, "prot": prots})
     _tables(path, rng, n_clusters, {"rna": genes[:12], "prot": prots[:8]})
     return path
