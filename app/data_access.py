@@ -3,8 +3,9 @@
 Loaded runs sit in an LRU cache keyed by (run folder, mtime of its results),
 so a re-analysed run is reloaded and nothing large ever goes into a
 ``dcc.Store`` (which keeps only run ids and UI state).  Reading uses
-mudata/anndata/numpy only; what needs ``scmm`` (the dataset reader, which
-imports torch) runs in a child process (:mod:`app.worker`).
+mudata/anndata/numpy and the torch-free parts of ``scmm`` (:mod:`scmm.runfolder`,
+:mod:`scmm.tl.traversal`, :mod:`scmm.tl.heatmap`); what needs the model runs
+in a child process (:mod:`app.worker`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmm import runfolder
+from scmm.tl.traversal import CACHE_NAME as TRAVERSAL_CACHE
+from scmm.tl.traversal import Traversal
 
 from app import processes
 
@@ -324,16 +327,18 @@ class RunView:
 
     # ---------------------------------------------------------- analyses
     def traversal(self):
-        """The run's cached ``scmm.tl`` traversal (None when not computed)."""
+        """The run's cached ``scmm.tl`` traversal (None when not computed or unreadable)."""
         if self._traversal is None:
-            from app.engine import load_traversal
-            self._traversal = load_traversal(self.path)
+            cache = self.path / TRAVERSAL_CACHE
+            try:
+                self._traversal = Traversal.load(cache) if cache.exists() else None
+            except (OSError, ValueError, KeyError, TypeError):
+                self._traversal = None
         return self._traversal
 
     def heatmap_tables(self) -> dict[str, pd.DataFrame]:
-        """Cluster x feature tables written by the analysis (``{name: DataFrame}``)."""
-        from app.engine import load_heatmap_tables
-        return load_heatmap_tables(self.path)
+        """Cluster x feature tables written by the analysis (``{name: DataFrame}``; empty when absent)."""
+        return runfolder.read_heatmap_tables(self.path) or {}
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,7 +8,8 @@ color=feat:rna:CD3E``), so any view is a link.  Routing is a plain
 ``dcc.Location`` callback rather than ``use_pages`` so that the app is a
 factory: each ``create_app`` (every test) gets its own folders and callbacks.
 
-The server process never imports torch; see :mod:`app.engine`.  ``scmm-app``
+The server process never imports torch (tests/test_app_jobs.py checks it): what needs the
+model runs in child processes (:mod:`app.worker`).  ``scmm-app``
 serves the app with waitress (a production WSGI server, threads in one
 process), a job queue (:mod:`app.jobs`) and bounded child work
 (:mod:`app.processes`); uploads stream through ``POST /upload``

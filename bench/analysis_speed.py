@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scmm  # noqa: E402
 from scmm.tl import cluster, heatmap_tables, traverse, umap  # noqa: E402
 from scmm.tl.traversal import Traversal  # noqa: E402
-from scmm.tl.embed import run_umap  # noqa: E402
+from scmm.tl.umaps import run_umap  # noqa: E402
 
 
 def timed(fn):

@@ -26,7 +26,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsRegressor
 
 import scmm
-from scmm.tl.cluster import cluster
+from scmm.tl.clustering import cluster
 from scmm.tl.metrics import clr, pearson_per_feature
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

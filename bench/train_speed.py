@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import scmm
-from scmm.model import objective
+from scmm.module import objective
 from scmm.train import make_optimiser
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbmc10k_cite" / "pbmc10k_cite.h5mu"

@@ -22,14 +22,14 @@ from . import demo  # noqa: E402
 from .io import ReadError, read, read_query  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 
-__all__ = ["SCMM", "ReadError", "demo", "pl", "preprocess", "read", "read_query", "tl", "__version__"]
+__all__ = ["SCMM", "ReadError", "datasets", "demo", "pl", "preprocess", "read", "read_query", "tl", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "SCMM":
-        from .api import SCMM
+        from .model import SCMM
         return SCMM
-    if name in ("tl", "pl"):
+    if name in ("tl", "pl", "datasets"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'scmm' has no attribute {name!r}")

@@ -1,6 +1,8 @@
-"""The run folder: ``config.json``, ``model.pt`` (weights only) and ``results.h5mu``.
+"""Saving and loading a model's run folder: ``config.json``, ``model.pt`` (weights only), ``results.h5mu``.
 
-File names and the validated config reader live in :mod:`scmm.runfolder`.
+File names and the validated config reader live in :mod:`scmm.runfolder`;
+:meth:`scmm.SCMM.load` builds the model from that config and calls
+:func:`load_weights`.  This module never imports :mod:`scmm.model` (no cycle).
 """
 from __future__ import annotations
 
@@ -90,28 +92,16 @@ def save_run(model, path: str | Path, overwrite: bool = True) -> Path:
     return path
 
 
-def read_config(path: str | Path) -> dict:
-    """The validated ``config.json`` of a run folder (see :func:`scmm.runfolder.read_config`).
+def load_weights(path: str | Path, module) -> None:
+    """Load the run's ``model.pt`` into ``module`` (built from the validated config) and set eval mode.
 
-    ``FileNotFoundError`` when the folder holds no run; :class:`~scmm.runfolder.RunFileError`
-    when the config is malformed or out of bounds (checked before anything is allocated).
+    Weights that do not load as plain tensors (``weights_only=True``), or do
+    not fit the config, raise :class:`~scmm.runfolder.RunFileError`.
     """
-    return runfolder.read_config(path)
-
-
-def load_run(path: str | Path, device: str | None = None, load_data: bool = True):
-    """Rebuild the model saved in ``path``; attach ``results.h5mu`` when present and asked.
-
-    The config is validated before the model is built; weights that do not load
-    as plain tensors, or do not fit the config, raise :class:`~scmm.runfolder.RunFileError`.
-    """
-    from .api import SCMM
-    path = Path(path)
-    config = read_config(path)
-    model = SCMM.from_config(config, device=device)
-    weights = path / WEIGHTS_FILE
+    weights = Path(path) / WEIGHTS_FILE
+    device = next(module.parameters()).device
     try:
-        state = torch.load(weights, map_location=model.device, weights_only=True)
+        state = torch.load(weights, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}") from None
     except Exception as err:
@@ -119,10 +109,13 @@ def load_run(path: str | Path, device: str | None = None, load_data: bool = True
     if not isinstance(state, dict):
         raise RunFileError(weights, "not a state dict of weights")
     try:
-        model.module.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as err:
         raise RunFileError(weights, f"does not fit {CONFIG_FILE}: {str(err)[:300]}") from None
-    model.module.eval()
-    if load_data and (path / RESULTS_FILE).exists():
-        model.mdata = md.read_h5mu(path / RESULTS_FILE)
-    return model
+    module.eval()
+
+
+def read_results(path: str | Path):
+    """The run's ``results.h5mu`` (None when it has none)."""
+    file = Path(path) / RESULTS_FILE
+    return md.read_h5mu(file) if file.exists() else None

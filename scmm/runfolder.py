@@ -24,6 +24,7 @@ Files of a run folder::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -356,3 +357,69 @@ def resolve_inside(root: str | Path, name: str) -> Path | None:
     root = Path(root).resolve()
     path = (root / name).resolve()
     return path if path.parent == root else None
+
+
+# ------------------------------------------------------------- cached tables
+SIMILARITY_TABLE = "similarity"
+HEATMAP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\|[A-Za-z0-9_]{1,80}$")
+
+
+def labels_digest(labels) -> str:
+    """A short hash of cluster labels (to tell whether saved tables match the current clusters)."""
+    text = "\n".join(map(str, labels))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def heatmap_file(folder: str | Path, key: str) -> Path:
+    """``heatmap_<target>_<kind>.csv`` (``heatmap_similarity.csv``) for table ``key``."""
+    if key == SIMILARITY_TABLE:
+        return Path(folder) / "heatmap_similarity.csv"
+    target, kind = key.split("|", 1)
+    return Path(folder) / f"heatmap_{target}_{kind}.csv"
+
+
+def write_heatmap_tables(tables: dict, folder: str | Path) -> list[Path]:
+    """Write each cluster x feature table (keys ``<target>|<kind>`` and ``similarity``) as CSV."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, table in tables.items():
+        path = heatmap_file(folder, key)
+        replace_atomic(lambda tmp, t=table, k=key: t.to_csv(tmp, index=k != SIMILARITY_TABLE), path)
+        paths.append(path)
+    return paths
+
+
+def read_heatmap_tables(run_dir: str | Path, labels=None) -> dict | None:
+    """The cluster x feature tables saved by ``scmm analyze`` (``{key: DataFrame}``).
+
+    None when the run has none, when ``labels`` (current clusters) differ from
+    those the tables were made with, or when the summary or a table is
+    malformed (keys are checked before they become file names).
+    """
+    import pandas as pd
+
+    folder = Path(run_dir) / ANALYSIS_DIR
+    try:
+        saved = read_json(folder / SUMMARY_FILE)
+    except RunFileError:
+        return None
+    if not isinstance(saved, dict):
+        return None
+    if labels is not None and saved.get("cluster_digest") != labels_digest(labels):
+        return None
+    keys = saved.get("heatmap_tables", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and HEATMAP_KEY.match(k) for k in keys):
+        return None
+    out = {}
+    try:
+        for key in keys:
+            table = pd.read_csv(heatmap_file(folder, key), index_col=0)
+            table.index = table.index.astype(str)
+            out[key] = table
+        sim = heatmap_file(folder, SIMILARITY_TABLE)
+        if sim.exists():
+            out[SIMILARITY_TABLE] = pd.read_csv(sim)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    return out

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import MultiModalBatches
-from .model import objective
-from .model.mmvae import MMVAE
+from .module import objective
+from .module.mmvae import MMVAE
 
 log = logging.getLogger(__name__)
 

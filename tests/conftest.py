@@ -1,15 +1,27 @@
-"""Shared fixtures: the real datasets beside the repository and small trained demo models."""
+"""Shared fixtures: where real data is (tests/fixtures always; the full datasets when present)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from _real_data import FIXTURES, _label, shared_dir
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = shared_dir()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (the real datasets); tests that need it fail loudly if it is absent."""
-    assert SHARED_DATA.is_dir(), f"expected the shared datasets at {SHARED_DATA}"
+    """``$SCMM_SHARED_DATA`` or ``../shared/data`` (the full datasets); skips plainly if absent.
+
+    Tests that must run on a fresh clone use ``fixtures_dir`` instead; see tests/_real_data.py.
+    """
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{_label(SHARED_DATA)} absent: the full datasets come with scmm.datasets "
+                    "(or set SCMM_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """tests/fixtures: small subsets of the real datasets, in the repository."""
+    return FIXTURES

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scmm
-import scmm.api
+import scmm.model
 import scmm.cli
 from scmm import runfolder
 from scmm.runfolder import RunFileError
@@ -156,7 +156,7 @@ def test_hostile_config_refused_before_allocation(trained_run, tmp_path, case, c
 
     def no_model(*args, **kwargs):
         pytest.fail("a model was built from a hostile config")
-    monkeypatch.setattr(scmm.api, "MMVAE", no_model)
+    monkeypatch.setattr(scmm.model, "MMVAE", no_model)
     with pytest.raises(RunFileError, match=reason) as info:
         scmm.SCMM.load(run)
     assert str(info.value).startswith("config.json: ")

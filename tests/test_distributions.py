@@ -4,7 +4,7 @@ import pytest
 import scipy.stats as st
 import torch
 
-from scmm.model import distributions as dist
+from scmm.module import distributions as dist
 
 
 @pytest.fixture

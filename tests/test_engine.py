@@ -10,7 +10,7 @@ import torch
 
 import scmm
 from scmm.batches import CSRRows
-from scmm.model import objective
+from scmm.module import objective
 from scmm.train import kl_weight
 
 

@@ -16,16 +16,15 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
+from _real_data import fixture, real_data
+
 from scmm.io import ReadError, read, read_query, summarize, validate
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _data(rel: str) -> Path:
-    p = DATA / rel
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent")
-    return p
+    """A full dataset (../shared/data or $SCMM_SHARED_DATA), or a skip saying how to fetch it."""
+    return real_data(rel)
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +162,7 @@ def test_multiome_tiny_drops_empty_cells():
         pytest.warns(UserWarning, match=r"dropped 19 of 1000 cells with zero counts.*atac: 19"),
         pytest.warns(UserWarning, match=r"dropped features with zero counts in all cells \(atac: 2 of 174\)"),
     ):
-        md = read(_data("multiome_tiny/test_rna_atac.h5mu"))
+        md = read(fixture("multiome_tiny.h5mu"))    # a copy of multiome_tiny/test_rna_atac.h5mu
     assert md.n_obs == 981
     assert set(md.mod) == {"rna", "atac"}
     assert_clean(md)
@@ -171,7 +170,7 @@ def test_multiome_tiny_drops_empty_cells():
 
 def test_h5ad_with_proteins_in_obsm():
     with pytest.warns(UserWarning, match=r"rna: 3357 of 16727"):
-        md = read(_data("pbmc10k_fixture/pbmc_10k_protein_v3.h5ad"))
+        md = read(fixture("pbmc_10k_protein_v3.h5ad"))    # pbmc10k_fixture/, same HDF5 layout, gzip
     assert list(md.mod) == ["rna", "prot"]
     assert md.n_obs == 200
     assert md["prot"].n_vars == 14
@@ -189,6 +188,52 @@ def test_read_query_from_real_h5mu():
         read_query(_data("pbmc10k_cite/pbmc10k_cite.h5mu"))
     with pytest.raises(ReadError, match=r"pbmc10k_cite\.h5mu.*modality 'atac' not found"):
         read_query(_data("pbmc10k_cite/pbmc10k_cite.h5mu"), modality="atac")
+
+
+# the in-repo subsets (tests/fixtures): real data on a fresh clone
+@pytest.fixture(scope="module")
+def pbmc_500():
+    return read(fixture("pbmc10k_cite_500.h5mu"))
+
+
+def test_fixture_pbmc_h5mu(pbmc_500):
+    assert list(pbmc_500.mod) == ["rna", "prot"]
+    assert pbmc_500.n_obs == 500
+    assert pbmc_500["rna"].n_vars == 1000 and pbmc_500["prot"].n_vars == 14
+    assert_clean(pbmc_500)
+
+
+def test_fixture_pbmc_10x_h5_same_counts_as_h5mu(pbmc_500):
+    tenx = read(fixture("pbmc10k_cite_500_filtered_feature_bc_matrix.h5"))
+    assert list(tenx.mod) == ["rna", "prot"]
+    assert_clean(tenx)
+    assert tenx.obs_names.equals(pbmc_500.obs_names)
+    for m in ("rna", "prot"):
+        assert tenx[m].var_names.equals(pbmc_500[m].var_names)
+        assert (tenx[m].X != pbmc_500[m].X).nnz == 0
+    assert "CD4" in tenx["rna"].var_names and "CD4" in tenx["prot"].var_names
+    assert set(tenx["prot"].var["feature_types"]) == {"Antibody Capture"}
+    assert set(tenx["rna"].var["feature_types"]) == {"Gene Expression"}
+
+
+def test_fixture_snare_keeps_labels():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)    # the subset has no empty cells or features
+        md = read(fixture("snare_cortex_400.h5mu"))
+    assert list(md.mod) == ["rna", "atac"]
+    assert md.n_obs == 400 and md["rna"].n_vars == 800 and 2900 <= md["atac"].n_vars <= 3000
+    assert md["atac"].var_names[0].startswith("chr") and md["atac"].var_names[0].count("_") == 2
+    assert md.obs["cell_type"].nunique() > 15
+    assert_clean(md)
+
+
+def test_fixture_read_query():
+    path = fixture("pbmc10k_cite_500.h5mu")
+    q = read_query(path, modality="prot")
+    assert q.shape == (500, 14)
+    assert isinstance(q.X, sp.csr_matrix) and q.X.dtype == np.float32
+    with pytest.raises(ReadError, match=r"pbmc10k_cite_500\.h5mu.*several modalities"):
+        read_query(path)
 
 
 # --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 from scmm.tl import cluster
-from scmm.tl.cluster import default_k, jaccard_graph, knn_indices, relabel_by_size
+from scmm.tl.clustering import default_k, jaccard_graph, knn_indices, relabel_by_size
 from _tl_data import trained_model
 
 

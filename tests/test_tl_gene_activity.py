@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 import scmm.cli
 from scmm.tl import gene_activity
-from scmm.tl.gene_activity import parse_peaks, read_genes
+from scmm.tl.activity import parse_peaks, read_genes
 
 GENES = pd.DataFrame({
     "gene": ["PLUS", "MINUS", "FAR", "OTHERCHR"],

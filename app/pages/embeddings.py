@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 
+from scmm.tl.heatmap import rank_features
+
 from app import components, data_access, figures, processes
 
 TOP_N = 25
@@ -264,11 +266,10 @@ def cell_indices(view, cells) -> np.ndarray:
 
 def rank_table(view, cells, modality: str) -> pd.DataFrame | None:
     """``scmm.tl.rank_features`` of ``cells`` vs the rest (None when either side has < 2 cells)."""
-    from app import engine
     if modality not in view.modalities:
         raise ValueError(f"unknown modality {str(modality)[:40]!r}; this run has {view.modalities}")
     mask = np.zeros(view.n_cells, dtype=bool)
     mask[cell_indices(view, cells)] = True
     if mask.sum() < 2 or (~mask).sum() < 2:
         return None
-    return engine.rank_features(view.mdata, modality, mask)
+    return rank_features(view.mdata, modality, mask)

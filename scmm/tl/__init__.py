@@ -10,21 +10,31 @@
 - :func:`analyze`: all of the above for a run folder; :func:`export_all` and the
   ``export_*`` functions: CSV tables and PNG/SVG/PDF figures.
 """
-from .analyze import analyze, load_heatmap_tables
-from .cluster import cluster
-from .embed import umap
-from .export import (export_all, export_associated, export_figures, export_heatmap,
-                     export_latents, export_markers, export_metrics)
-from .gene_activity import gene_activity
-from .heatmap import heatmap_tables, markers, rank_features
-from .metrics import (batch_mixing_entropy, clr, clr_sse, pearson_per_cell, pearson_per_feature,
-                      query_metrics)
-from .traversal import DEFAULT_PVALUES, Traversal, spearman_rows, traverse
+import importlib
 
-__all__ = [
-    "DEFAULT_PVALUES", "Traversal", "analyze", "batch_mixing_entropy", "clr", "clr_sse", "cluster",
-    "export_all", "export_associated", "export_figures", "export_heatmap", "export_latents",
-    "export_markers", "export_metrics", "gene_activity", "heatmap_tables", "load_heatmap_tables",
-    "markers", "pearson_per_cell", "pearson_per_feature", "query_metrics", "rank_features",
-    "spearman_rows", "traverse", "umap",
-]
+#: public name -> the module of scmm.tl that defines it (imported on first use, so that
+#: torch-free modules such as scmm.tl.traversal can be imported without the model)
+_HOME = {
+    "analyze": "analysis", "write_results": "analysis",
+    "cluster": "clustering", "umap": "umaps",
+    "export_all": "export", "export_associated": "export", "export_figures": "export",
+    "export_heatmap": "export", "export_latents": "export", "export_markers": "export",
+    "export_metrics": "export", "gene_activity": "activity",
+    "heatmap_tables": "heatmap", "markers": "heatmap", "rank_features": "heatmap",
+    "batch_mixing_entropy": "metrics", "clr": "metrics", "clr_sse": "metrics",
+    "pearson_per_cell": "metrics", "pearson_per_feature": "metrics", "query_metrics": "metrics",
+    "DEFAULT_PVALUES": "traversal", "Traversal": "traversal", "spearman_rows": "traversal",
+    "traverse": "traversal",
+}
+__all__ = sorted(_HOME) + ["load_heatmap_tables"]
+
+
+def __getattr__(name: str):
+    if name == "load_heatmap_tables":
+        from ..runfolder import read_heatmap_tables
+        return read_heatmap_tables
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'scmm.tl' has no attribute {name!r}")

@@ -5,11 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..model import SCMM
 from ..runfolder import ANALYSIS_DIR
+from .activity import gene_activity
+from .analysis import analyze, write_results
+from .clustering import cluster
+from .export import associated_table, export_all, export_heatmap
+from .heatmap import heatmap_tables
+from .traversal import traverse
+from .umaps import umap
 
 
 def _load(run, device=None):
-    from ..api import SCMM
     model = SCMM.load(run, device=device)
     if model.mdata is None:
         raise FileNotFoundError(f"{run} has no results.h5mu: train and save the run first")
@@ -19,8 +26,6 @@ def _load(run, device=None):
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import analyze
-
     def report(step, message):
         if not args.quiet:
             print(f"[{step}] {message}", file=sys.stderr)
@@ -38,8 +43,6 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from .analyze import write_results
-    from .cluster import cluster
     model = _load(args.run, args.device)
     labels = cluster(model.mdata, use_rep=args.use_rep, k=args.k, resolution=args.resolution,
                      method=args.method, seed=args.seed)
@@ -53,8 +56,6 @@ def cmd_cluster(args) -> int:
 
 
 def cmd_umap(args) -> int:
-    from .analyze import write_results
-    from .embed import umap
     model = _load(args.run, args.device)
     out = umap(model.mdata, keys=args.key, seed=args.seed, n_neighbors=args.n_neighbors,
                min_dist=args.min_dist, run_dir=args.run)
@@ -66,9 +67,6 @@ def cmd_umap(args) -> int:
 def cmd_traverse(args) -> int:
     import pandas as pd
 
-    from .export import associated_table
-    from .traversal import traverse
-    from ..api import SCMM
     model = SCMM.load(args.run, device=args.device)
     trav = traverse(model, run_dir=args.run, library=args.library)
     modalities = [args.modality] if args.modality else trav.modalities
@@ -100,8 +98,6 @@ def cmd_traverse(args) -> int:
 
 
 def cmd_heatmap(args) -> int:
-    from .export import export_heatmap
-    from .heatmap import heatmap_tables
     model = _load(args.run, args.device)
     if args.groupby not in model.mdata.obs:
         raise KeyError(f"obs[{args.groupby!r}] not found: run `scmm cluster {args.run}` first")
@@ -114,7 +110,6 @@ def cmd_heatmap(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_all
     written = export_all(args.run, args.out, format=args.format, pvalue=args.pvalue,
                          figures=not args.no_figures)
     print(f"{len(written['tables'])} tables and {len(written['figures'])} figures written to {args.out}")
@@ -122,7 +117,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_gene_activity(args) -> int:
-    from .gene_activity import gene_activity
     path = Path(args.data)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..runfolder import ANALYSIS_DIR
+from .. import pl
+from ..model import SCMM
+from ..runfolder import ANALYSIS_DIR, read_heatmap_tables, write_heatmap_tables
+from .analysis import analyze
+from .heatmap import heatmap_tables, markers
+from .metrics import query_metrics
+from .traversal import traverse
 
 
 def _out_dir(out) -> Path:
@@ -59,7 +65,6 @@ def export_associated(trav, out, pvalue=None, n: int | None = None) -> list[Path
 
 def export_markers(mdata, out, modalities=None, groupby: str = "scmm_cluster", n: int = 10) -> Path:
     """Write ``markers.csv``: top ``n`` Wilcoxon markers per cluster for each modality."""
-    from .heatmap import markers
     out = _out_dir(out)
     frames = []
     for m in (modalities or list(mdata.mod)):
@@ -74,18 +79,7 @@ def export_markers(mdata, out, modalities=None, groupby: str = "scmm_cluster", n
 def export_heatmap(tables: dict, out) -> list[Path]:
     """Write each table of :func:`scmm.tl.heatmap_tables` as ``heatmap_<target>_<kind>.csv``
     (and ``heatmap_similarity.csv``)."""
-    out = _out_dir(out)
-    paths = []
-    for key, table in tables.items():
-        if key == "similarity":
-            path = out / "heatmap_similarity.csv"
-            table.to_csv(path, index=False)
-        else:
-            target, kind = key.split("|", 1)
-            path = out / f"heatmap_{target}_{kind}.csv"
-            table.to_csv(path)
-        paths.append(path)
-    return paths
+    return write_heatmap_tables(tables, _out_dir(out))
 
 
 def export_metrics(table: pd.DataFrame, path) -> Path:
@@ -125,7 +119,6 @@ def export_figures(out, mdata=None, trav=None, tables: dict | None = None, forma
                    n: int = 20) -> list[Path]:
     """UMAPs (one per latent, coloured by cluster), traversal bar charts (every dimension and
     modality) and heatmaps (every table), as ``.<format>`` files in ``out``."""
-    from .. import pl
     fmt = "." + format.lower().lstrip(".")
     if fmt not in pl.FORMATS:
         raise ValueError(f"format must be one of png, svg, pdf, not {format!r}")
@@ -158,11 +151,6 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
     associated_*.csv, heatmap_*.csv, metrics.csv and the figures.  Returns
     ``{"tables": [...], "figures": [...]}`` (paths).
     """
-    from .analyze import analyze, load_heatmap_tables
-    from .heatmap import heatmap_tables
-    from .metrics import query_metrics
-    from .traversal import traverse
-    from ..api import SCMM
     run_dir = Path(run_dir)
     model = SCMM.load(run_dir)
     if model.mdata is None:
@@ -175,7 +163,7 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
     out = _out_dir(out)
     trav = traverse(model, run_dir=run_dir)
     labels = mdata.obs["scmm_cluster"].astype(str)
-    tables = load_heatmap_tables(run_dir, labels)
+    tables = read_heatmap_tables(run_dir, labels)
     fresh = tables is None  # clusters changed since analyze (e.g. `scmm cluster`): recompute
     if fresh:
         tables = heatmap_tables(model, mdata)

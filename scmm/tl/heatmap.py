@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .cluster import CLUSTER_KEY
+from .clustering import CLUSTER_KEY
 
 
 def lognorm(adata: ad.AnnData, target_sum: float = 1e4) -> ad.AnnData:

@@ -5,22 +5,26 @@ every latent, the latent traversal and the cluster x feature tables, and
 saves them into the run folder:
 
 - ``results.h5mu``: ``obs['scmm_cluster']``, ``obsm['X_umap_scmm*']`` (rewritten atomically);
-- ``umap.npz``, ``traversal.npz`` + ``traversal.json``: caches (see :mod:`scmm.tl.embed`,
+- ``umap.npz``, ``traversal.npz`` + ``traversal.json``: caches (see :mod:`scmm.tl.umaps`,
   :mod:`scmm.tl.traversal`);
 - ``analysis/heatmap_<target>_<kind>.csv``, ``analysis/heatmap_similarity.csv``,
   ``analysis/markers.csv`` and ``analysis/summary.json``.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from ..runfolder import (ANALYSIS_DIR, CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, RunFileError,
-                         check_writable, read_json, replace_atomic, write_json_atomic)
+from ..model import SCMM
+from ..runfolder import (ANALYSIS_DIR, CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, check_writable,
+                         labels_digest, replace_atomic, write_heatmap_tables, write_json_atomic)
+from .clustering import cluster
+from .heatmap import heatmap_tables, marker_features, markers
+from .traversal import traverse
+from .umaps import umap as run_umap
 
 
 def write_results(mdata, run_dir) -> Path:
@@ -44,44 +48,6 @@ def _json_safe(value):
     return value
 
 
-def labels_digest(labels) -> str:
-    """A short hash of cluster labels (to tell whether saved tables match the current clusters)."""
-    text = "\n".join(map(str, labels))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def load_heatmap_tables(run_dir, labels=None) -> dict | None:
-    """The cluster x feature tables saved by :func:`analyze` (same keys as
-    :func:`scmm.tl.heatmap_tables`), or None when the run has none, or when
-    ``labels`` (current clusters) differ from those the tables were made with."""
-    folder = Path(run_dir) / ANALYSIS_DIR
-    try:
-        saved = read_json(folder / SUMMARY_FILE)
-    except RunFileError:
-        return None
-    if not isinstance(saved, dict):
-        return None
-    if labels is not None and saved.get("cluster_digest") != labels_digest(labels):
-        return None
-    keys = saved.get("heatmap_tables", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) and "|" in k and "/" not in k
-                                             and "\\" not in k and ".." not in k for k in keys):
-        return None
-    out = {}
-    for key in keys:
-        target, kind = key.split("|", 1)
-        file = folder / f"heatmap_{target}_{kind}.csv"
-        if not file.exists():
-            return None
-        table = pd.read_csv(file, index_col=0)
-        table.index = table.index.astype(str)
-        out[key] = table
-    sim = folder / "heatmap_similarity.csv"
-    if sim.exists():
-        out["similarity"] = pd.read_csv(sim)
-    return out
-
-
 def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str = "leiden",
             seed: int = 0, n_markers: int = 5, umap: bool = True, progress=None,
             device: str | None = None) -> dict:
@@ -91,13 +57,6 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     status).  Returns a summary dict (cluster sizes, similarity of the heatmap
     tables, seconds per step, files written).
     """
-    from ..api import SCMM
-    from .cluster import cluster
-    from .embed import umap as run_umap
-    from .export import export_heatmap
-    from .heatmap import heatmap_tables, marker_features, markers
-    from .traversal import traverse
-
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} is not a scMM run folder (no {CONFIG_FILE})")
@@ -143,7 +102,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
         marker_tables = {m: markers(mdata, m, n=max(n_markers, 10)) for m in model.names}
         features = {m: marker_features(t, n_markers) for m, t in marker_tables.items()}
         tables = heatmap_tables(model, mdata, features=features)
-        export_heatmap(tables, folder)
+        write_heatmap_tables(tables, folder)
         pd.concat([t.assign(modality=m) for m, t in marker_tables.items()], ignore_index=True)[
             ["modality", "group", "feature", "score", "log2_fc", "pvalue", "pvalue_adj"]
         ].to_csv(folder / "markers.csv", index=False)

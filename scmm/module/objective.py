@@ -39,7 +39,7 @@ def reconstruction_log_lik(model: MMVAE, z: torch.Tensor, xs: dict, libs: dict,
     ``z`` has shape (S, B, D) for S latent samples of the B cells in the batch;
     every sample is decoded into every modality in one decoder call.  With
     ``nonzeros`` the terms that involve a count are evaluated at the non-zero
-    counts only (:func:`~scmm.model.distributions.sparse_log_lik`).
+    counts only (:func:`~scmm.module.distributions.sparse_log_lik`).
     """
     s, b, d = z.shape
     total = z.new_zeros(s, b)

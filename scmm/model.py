@@ -11,11 +11,12 @@ import scipy.sparse as sp
 import torch
 
 from . import presets as presets_mod
+from . import run, runfolder
 from .options import validate_model_options, validate_train_options
 from .batches import MultiModalBatches
-from .model import MMVAE, ModalitySpec
-from .model.distributions import nb_sample, zinb_sample
-from .model.objective import normalise
+from .module import MMVAE, ModalitySpec
+from .module.distributions import nb_sample, zinb_sample
+from .module.objective import normalise
 from .preprocess import LIBRARY_KEY, SPLIT_KEY, modality_kind
 from .train import TrainConfig, fit, pick_device
 
@@ -297,8 +298,7 @@ class SCMM:
         malformed or out-of-bounds one raises :class:`~scmm.runfolder.RunFileError` before
         any tensor is allocated.
         """
-        from .runfolder import validate_model_config
-        config = validate_model_config(config)
+        config = runfolder.validate_model_config(config)
         model = cls.__new__(cls)
         model.likelihoods = dict(config["modalities"])
         model.preset = config["preset"]
@@ -321,11 +321,17 @@ class SCMM:
 
     def save(self, path: str | Path, overwrite: bool = True) -> Path:
         """Write the run folder (``config.json``, ``model.pt``, ``results.h5mu``)."""
-        from .run import save_run
-        return save_run(self, path, overwrite=overwrite)
+        return run.save_run(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, load_data: bool = True) -> "SCMM":
-        """Rebuild a model (and its data, if saved) from a run folder."""
-        from .run import load_run
-        return load_run(path, device=device, load_data=load_data)
+        """Rebuild a model (and its data, if saved) from a run folder.
+
+        The config is validated (:func:`scmm.runfolder.read_config`) before the
+        model is built, then the weights are loaded with ``weights_only=True``.
+        """
+        model = cls.from_config(runfolder.read_config(path), device=device)
+        run.load_weights(path, model.module)
+        if load_data:
+            model.mdata = run.read_results(path)
+        return model

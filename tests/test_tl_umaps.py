@@ -3,7 +3,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-import scmm.tl.embed as embed
+import scmm.tl.umaps as umaps
 from scmm.tl import umap
 
 
@@ -17,19 +17,19 @@ def _adata(seed=0, n=120):
 
 
 def test_key_rule():
-    assert embed.umap_key("X_scmm") == "X_umap_scmm"
-    assert embed.umap_key("X_scmm_prot") == "X_umap_scmm_prot"
+    assert umaps.umap_key("X_scmm") == "X_umap_scmm"
+    assert umaps.umap_key("X_scmm_prot") == "X_umap_scmm_prot"
 
 
 def test_umap_of_every_latent_and_cache_hit(tmp_path, monkeypatch):
     a = _adata()
     calls = []
-    real = embed.run_umap
+    real = umaps.run_umap
 
     def counting(latent, **kw):
         calls.append(len(latent))
         return real(latent, **kw)
-    monkeypatch.setattr(embed, "run_umap", counting)
+    monkeypatch.setattr(umaps, "run_umap", counting)
     out = umap(a, run_dir=tmp_path)
     assert set(out) == {"X_umap_scmm", "X_umap_scmm_rna"} and len(calls) == 2
     assert a.obsm["X_umap_scmm"].shape == (120, 2) and np.isfinite(a.obsm["X_umap_scmm"]).all()
