@@ -21,17 +21,17 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmm import runfolder
+from scmm.normalise import library_scale
+from scmm.runfolder import (CLUSTER_KEY, LATENT_KEY, LIBRARY_KEY, SPLIT_KEY, UMAP_KEY, latent_key,
+                            umap_key)
 from scmm.tl.traversal import CACHE_NAME as TRAVERSAL_CACHE
 from scmm.tl.traversal import Traversal
 
 from app import processes
 
 DATA_SUFFIXES = (".h5mu", ".h5ad", ".h5")
-CLUSTER_KEY = "scmm_cluster"
-LATENT_KEY = "X_scmm"
-LIBRARY_KEY = "scmm_library"
 #: obs columns written by the library for its own bookkeeping (not offered as colours)
-HIDDEN_OBS = {"scmm_split"}
+HIDDEN_OBS = {SPLIT_KEY}
 
 
 # ------------------------------------------------------------------ datasets
@@ -207,9 +207,9 @@ class RunView:
         obsm = self.mdata.obsm
         out = {}
         for mod in [None] + self.modalities:
-            suffix = "" if mod is None else f"_{mod}"
             label = "joint" if mod is None else mod
-            umap, latent = f"X_umap_scmm{suffix}", f"{LATENT_KEY}{suffix}"
+            latent = latent_key(mod)
+            umap = umap_key(latent)
             if umap in obsm:
                 out[label] = (umap, ("UMAP1", "UMAP2"))
             elif latent in obsm:
@@ -226,7 +226,7 @@ class RunView:
 
     @property
     def analysed(self) -> bool:
-        return any(k.startswith("X_umap_scmm") for k in self.mdata.obsm)
+        return any(k.startswith(UMAP_KEY) for k in self.mdata.obsm)
 
     # ----------------------------------------------------------- colours
     def obs_columns(self) -> list[str]:
@@ -263,8 +263,7 @@ class RunView:
                 lib = adata.obs[LIBRARY_KEY].to_numpy(dtype=np.float32)
             else:
                 lib = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
-            scale = np.divide(1e4, lib, out=np.zeros_like(lib), where=lib > 0)
-            self._csc[modality] = (X, scale)
+            self._csc[modality] = (X, library_scale(lib))
         return self._csc[modality]
 
     def feature_values(self, modality: str, feature: str) -> np.ndarray:

@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+from scmm.tl.metrics import pearson
 
 #: categorical palette (cycled): plotly's D3 + Alphabet, readable on white
 PALETTE = qualitative.D3 + qualitative.Alphabet
@@ -240,14 +241,6 @@ def heatmaps(tables: dict[str, pd.DataFrame], titles: dict[str, str] | None = No
     fig.update_xaxes(tickangle=-60, tickfont={"size": 9 if n_feat > 30 else 11})
     fig.update_yaxes(autorange="reversed", title_text="cluster", col=1)
     return fig
-
-
-def pearson(a, b) -> float:
-    """Pearson r of two vectors (nan when either is constant)."""
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    if a.size < 2 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def predicted_vs_observed(observed, predicted, label: str = "", xlabel: str = "observed",

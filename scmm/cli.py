@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .options import validate_model_options, validate_preprocess_options, validate_train_options
 from .presets import PRESETS
-from .runfolder import CHECKPOINT_FILE, check_writable, write_json_atomic
+from .runfolder import CHECKPOINT_FILE, LATENT_KEY, check_writable, write_json_atomic
 
 
 class ProgressFile:
@@ -128,7 +128,7 @@ def cmd_embed(args) -> int:
     if args.csv:
         import pandas as pd
         obs = (mdata if args.data else model.mdata).obs_names
-        table = pd.DataFrame(latents["X_scmm"], index=obs,
+        table = pd.DataFrame(latents[LATENT_KEY], index=obs,
                              columns=[f"z{i + 1}" for i in range(model.latent_dim)])
         table.to_csv(args.csv)
         print(f"joint latent written to {args.csv}")

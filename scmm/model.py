@@ -17,10 +17,10 @@ from .batches import MultiModalBatches
 from .module import MMVAE, ModalitySpec
 from .module.distributions import nb_sample, zinb_sample
 from .module.objective import normalise
-from .preprocess import LIBRARY_KEY, SPLIT_KEY, modality_kind
+from .preprocess import modality_kind
+from .runfolder import LATENT_KEY, LIBRARY_KEY, SPLIT_KEY
 from .train import TrainConfig, fit, pick_device
 
-LATENT_KEY = "X_scmm"
 
 
 def align_features(adata: ad.AnnData, names: list[str], what: str = "query") -> sp.csr_matrix:

@@ -9,9 +9,8 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .options import validate_preprocess_options
+from .runfolder import LIBRARY_KEY, SPLIT_KEY
 
-SPLIT_KEY = "scmm_split"
-LIBRARY_KEY = "scmm_library"
 RNA_NAMES = ("rna", "gex", "gene expression", "genes")
 ATAC_NAMES = ("atac", "peaks", "chromatin", "accessibility")
 

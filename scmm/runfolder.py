@@ -44,6 +44,26 @@ ANALYSIS_DIR = "analysis"
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_DIR = "predictions"
 
+# keys the library writes into the data of a run (results.h5mu)
+LATENT_KEY = "X_scmm"            # obsm: joint latent; per modality f"{LATENT_KEY}_{m}"
+UMAP_KEY = "X_umap_scmm"         # obsm: UMAP of the joint latent; per modality f"{UMAP_KEY}_{m}"
+CLUSTER_KEY = "scmm_cluster"     # obs: clusters of the joint latent
+SPLIT_KEY = "scmm_split"         # obs: "train" / "test"
+LIBRARY_KEY = "scmm_library"     # mod[m].obs: counts per cell
+
+
+def latent_key(modality: str | None = None) -> str:
+    """``X_scmm`` (joint) or ``X_scmm_<modality>``."""
+    return LATENT_KEY if modality is None else f"{LATENT_KEY}_{modality}"
+
+
+def umap_key(latent: str) -> str:
+    """Name of a latent's UMAP: ``X_scmm`` -> ``X_umap_scmm``, ``X_scmm_rna`` -> ``X_umap_scmm_rna``."""
+    if not latent.startswith(LATENT_KEY):
+        raise ValueError(f"latent keys start with {LATENT_KEY!r}, got {latent!r}")
+    return UMAP_KEY + latent[len(LATENT_KEY):]
+
+
 #: stages of an app job, in order; the last three are terminal
 JOB_STAGES = ("queued", "training", "saving", "analysing", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")

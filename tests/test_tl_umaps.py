@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import scmm.tl.umaps as umaps
+from scmm import runfolder
 from scmm.tl import umap
 
 
@@ -17,8 +18,8 @@ def _adata(seed=0, n=120):
 
 
 def test_key_rule():
-    assert umaps.umap_key("X_scmm") == "X_umap_scmm"
-    assert umaps.umap_key("X_scmm_prot") == "X_umap_scmm_prot"
+    assert runfolder.umap_key("X_scmm") == "X_umap_scmm"
+    assert runfolder.umap_key("X_scmm_prot") == "X_umap_scmm_prot"
 
 
 def test_umap_of_every_latent_and_cache_hit(tmp_path, monkeypatch):

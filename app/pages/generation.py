@@ -16,6 +16,7 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
 from scmm import runfolder
+from scmm.normalise import lognorm
 
 from app import components, data_access, figures, processes
 from app.pages.embeddings import run_missing
@@ -161,8 +162,7 @@ def cell_scatter(view, pred_file: Path, target: str, source: str, feature: str):
         return figures.empty(f"{feature} not predicted")
     X = pred.X.toarray() if hasattr(pred.X, "toarray") else np.asarray(pred.X)
     j = int(np.flatnonzero(pred.var_names == feature)[0])
-    lib = X.sum(axis=1)
-    predicted = np.log1p(X[:, j] * np.divide(1e4, lib, out=np.zeros_like(lib), where=lib > 0))
+    predicted = lognorm(X)[:, j]
     observed = view.feature_values(target, feature)
     return figures.predicted_vs_observed(observed, predicted, label=f"{target}:{feature} from {source}",
                                          xlabel="observed log-normalised", ylabel="predicted log-normalised",

@@ -13,17 +13,17 @@ import math
 
 import torch
 
+from ..normalise import TARGET_SUM
 from .distributions import (count_terms, laplace_kl, laplace_log_prob, laplace_rsample,
                             nb_mean_terms, sparse_log_lik, zinb_from_nb)
 from .mmvae import MMVAE
 
 OBJECTIVES = ("stratified", "naive")
-SCALE_FACTOR = 1e4
 
 
 def normalise(x: torch.Tensor, library: torch.Tensor, log: bool = True) -> torch.Tensor:
     """Encoder input: counts / library x 1e4, then log1p (``log=False`` skips the log)."""
-    x = x * (SCALE_FACTOR / library.clamp_min(1.0)).reshape(-1, 1)
+    x = x * (TARGET_SUM / library.clamp_min(1.0)).reshape(-1, 1)
     return torch.log1p(x) if log else x
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..model import SCMM
-from ..runfolder import (ANALYSIS_DIR, CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, check_writable,
+from ..runfolder import (ANALYSIS_DIR, latent_key, CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, check_writable,
                          labels_digest, replace_atomic, write_heatmap_tables, write_json_atomic)
 from .clustering import cluster
 from .heatmap import heatmap_tables, marker_features, markers
@@ -78,7 +78,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     if model.mdata is None:
         raise FileNotFoundError(f"{run_dir} has no results.h5mu: train and save the run first")
     mdata = model.mdata
-    if "X_scmm" not in mdata.obsm or any(f"X_scmm_{m}" not in mdata.obsm for m in model.names):
+    if any(latent_key(m) not in mdata.obsm for m in [None, *model.names]):
         model.get_latent()
     lap("load")
     report("cluster", "clustering the joint latent")

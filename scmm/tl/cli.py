@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..model import SCMM
-from ..runfolder import ANALYSIS_DIR
+from ..runfolder import ANALYSIS_DIR, CLUSTER_KEY, LATENT_KEY
 from .activity import gene_activity
 from .analysis import analyze, write_results
 from .clustering import cluster
@@ -20,7 +20,7 @@ def _load(run, device=None):
     model = SCMM.load(run, device=device)
     if model.mdata is None:
         raise FileNotFoundError(f"{run} has no results.h5mu: train and save the run first")
-    if "X_scmm" not in model.mdata.obsm:
+    if LATENT_KEY not in model.mdata.obsm:
         model.get_latent()
     return model
 
@@ -159,7 +159,7 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("cluster", help="PhenoGraph clusters of a run's joint latent -> obs['scmm_cluster']")
     p.add_argument("run")
-    p.add_argument("--use-rep", default="X_scmm", help="latent in obsm (default X_scmm, the joint)")
+    p.add_argument("--use-rep", default=LATENT_KEY, help="latent in obsm (default X_scmm, the joint)")
     p.add_argument("--k", type=int, default=None, help="neighbours (default 20; 15 with ATAC)")
     p.add_argument("--resolution", type=float, default=1.0)
     p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
@@ -195,7 +195,7 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("heatmap", help="cluster x feature tables: original, reconstructed, cross-modal")
     p.add_argument("run")
-    p.add_argument("--groupby", default="scmm_cluster", help="obs column of the groups")
+    p.add_argument("--groupby", default=CLUSTER_KEY, help="obs column of the groups")
     p.add_argument("--n-markers", type=int, default=5, help="marker features per cluster")
     p.add_argument("--out", default=None, help="folder for the CSVs (default RUN/analysis)")
     p.add_argument("--device", default=None)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-CLUSTER_KEY = "scmm_cluster"
+from ..runfolder import CLUSTER_KEY, LATENT_KEY
 
 
 def default_k(mdata) -> int:
@@ -88,7 +88,7 @@ def relabel_by_size(membership: np.ndarray) -> np.ndarray:
     return new[np.searchsorted(ids, membership)]
 
 
-def cluster(mdata, use_rep: str = "X_scmm", k: int | None = None, resolution: float = 1.0,
+def cluster(mdata, use_rep: str = LATENT_KEY, k: int | None = None, resolution: float = 1.0,
             method: str = "leiden", seed: int = 0, key_added: str = CLUSTER_KEY,
             n_iterations: int = 2) -> pd.Series:
     """Cluster cells on a latent (PhenoGraph: kNN graph, Jaccard weights, Leiden or Louvain).

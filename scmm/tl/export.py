@@ -9,7 +9,8 @@ import pandas as pd
 
 from .. import pl
 from ..model import SCMM
-from ..runfolder import ANALYSIS_DIR, read_heatmap_tables, write_heatmap_tables
+from ..runfolder import (ANALYSIS_DIR, CLUSTER_KEY, LATENT_KEY, SPLIT_KEY, UMAP_KEY, read_heatmap_tables,
+                         write_heatmap_tables)
 from .analysis import analyze
 from .heatmap import heatmap_tables, markers
 from .metrics import query_metrics
@@ -63,7 +64,7 @@ def export_associated(trav, out, pvalue=None, n: int | None = None) -> list[Path
     return paths + [summary]
 
 
-def export_markers(mdata, out, modalities=None, groupby: str = "scmm_cluster", n: int = 10) -> Path:
+def export_markers(mdata, out, modalities=None, groupby: str = CLUSTER_KEY, n: int = 10) -> Path:
     """Write ``markers.csv``: top ``n`` Wilcoxon markers per cluster for each modality."""
     out = _out_dir(out)
     frames = []
@@ -93,8 +94,8 @@ def export_metrics(table: pd.DataFrame, path) -> Path:
 def latent_table(mdata) -> pd.DataFrame:
     """Cells x (obs columns, every scMM latent and UMAP): ``scmm_1..D``, ``scmm_rna_1..``,
     ``umap_scmm_1, umap_scmm_2``..."""
-    keys = [k for k in mdata.obsm if k.startswith(("X_scmm", "X_umap_scmm"))]
-    keys.sort(key=lambda k: (k.startswith("X_umap"), k != "X_scmm" and k != "X_umap_scmm", k))
+    keys = [k for k in mdata.obsm if k.startswith((LATENT_KEY, UMAP_KEY))]
+    keys.sort(key=lambda k: (k.startswith(UMAP_KEY), k not in (LATENT_KEY, UMAP_KEY), k))
     if not keys:
         raise KeyError("no scMM latent in obsm: call model.get_latent() first")
     parts = [mdata.obs.copy()]
@@ -125,8 +126,8 @@ def export_figures(out, mdata=None, trav=None, tables: dict | None = None, forma
     out = _out_dir(out)
     paths = []
     if mdata is not None:
-        color = "scmm_cluster" if "scmm_cluster" in mdata.obs else None
-        for key in [k for k in mdata.obsm if k.startswith("X_umap_scmm")]:
+        color = CLUSTER_KEY if CLUSTER_KEY in mdata.obs else None
+        for key in [k for k in mdata.obsm if k.startswith(UMAP_KEY)]:
             paths.append(pl.save_figure(pl.umap(mdata, key=key, color=color),
                                         out / f"{key[2:]}{fmt}"))
     if trav is not None:
@@ -156,13 +157,13 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
     if model.mdata is None:
         raise FileNotFoundError(f"{run_dir} has no results.h5mu: train and save the run first")
     mdata = model.mdata
-    if "scmm_cluster" not in mdata.obs or "X_umap_scmm" not in mdata.obsm:
+    if CLUSTER_KEY not in mdata.obs or UMAP_KEY not in mdata.obsm:
         analyze(run_dir)
         model = SCMM.load(run_dir)
         mdata = model.mdata
     out = _out_dir(out)
     trav = traverse(model, run_dir=run_dir)
-    labels = mdata.obs["scmm_cluster"].astype(str)
+    labels = mdata.obs[CLUSTER_KEY].astype(str)
     tables = read_heatmap_tables(run_dir, labels)
     fresh = tables is None  # clusters changed since analyze (e.g. `scmm cluster`): recompute
     if fresh:
@@ -176,7 +177,7 @@ def export_all(run_dir, out, format: str = "png", pvalue=None, figures: bool = T
         written.append(export_markers(mdata, out, modalities=model.names))
     written += export_associated(trav, out, pvalue=pvalue)
     written += export_heatmap(tables, out)
-    if "scmm_split" in mdata.obs and (mdata.obs["scmm_split"] == "test").sum() >= 2:
+    if SPLIT_KEY in mdata.obs and (mdata.obs[SPLIT_KEY] == "test").sum() >= 2:
         frames = [query_metrics(model, target=t, source=s)
                   for s in model.names for t in model.names if s != t]
         written.append(export_metrics(pd.concat(frames, ignore_index=True), out / "metrics.csv"))

@@ -16,17 +16,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .clustering import CLUSTER_KEY
+from .. import normalise
+from ..runfolder import CLUSTER_KEY, LIBRARY_KEY
+from .metrics import pearson
 
 
 def lognorm(adata: ad.AnnData, target_sum: float = 1e4) -> ad.AnnData:
     """A copy of ``adata`` with X = log1p(counts / library x ``target_sum``) (CSR float32)."""
-    X = sp.csr_matrix(adata.X, dtype=np.float32)
-    lib = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0)
-    X = sp.diags(scale.astype(np.float32)) @ X
-    X.data = np.log1p(X.data)
-    return ad.AnnData(X.tocsr(), obs=pd.DataFrame(index=[str(o) for o in adata.obs_names]),
+    X = normalise.lognorm(sp.csr_matrix(adata.X), target_sum=target_sum)
+    return ad.AnnData(X, obs=pd.DataFrame(index=[str(o) for o in adata.obs_names]),
                       var=pd.DataFrame(index=[str(v) for v in adata.var_names]))
 
 
@@ -166,7 +164,6 @@ def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict
     table with ``target, source, kind`` ("reconstruction" / "cross-modal") and
     ``pearson_r`` between its z-scores and the original's.
     """
-    from ..preprocess import LIBRARY_KEY
     mdata = mdata if mdata is not None else model.mdata
     if mdata is None:
         raise ValueError("no data: pass mdata or load the run with its results")
@@ -207,7 +204,7 @@ def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict
             out[f"{target}|{key}"] = value
         for source in model.names:
             a, b = zs["original"].to_numpy().ravel(), zs[f"from_{source}"].to_numpy().ravel()
-            r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+            r = pearson(a, b)
             similarity.append({"target": target, "source": source,
                                "kind": "reconstruction" if source == target else "cross-modal",
                                "pearson_r": r, "n_features": len(feats), "n_clusters": len(groups)})

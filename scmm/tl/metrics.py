@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..normalise import lognorm
+
 
 def _dense(x) -> np.ndarray:
     if hasattr(x, "X"):
@@ -19,6 +21,14 @@ def _pearson(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     num = (a * b).sum(axis=axis)
     den = np.sqrt((a ** 2).sum(axis=axis) * (b ** 2).sum(axis=axis))
     return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+
+
+def pearson(a, b) -> float:
+    """Pearson r of two vectors (NaN when either is constant or shorter than 2)."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.size < 2:
+        return float("nan")
+    return float(_pearson(a, b, axis=0))
 
 
 def pearson_per_feature(predicted, observed) -> np.ndarray:
@@ -98,12 +108,7 @@ def knn_baseline(train_source, train_target, query_source, k: int = 20, n_pcs: i
     from sklearn.decomposition import PCA
     from sklearn.neighbors import KNeighborsRegressor
 
-    def lognorm(x):
-        x = _dense(x)
-        lib = x.sum(axis=1, keepdims=True)
-        return np.log1p(np.divide(x * 1e4, lib, out=np.zeros_like(x), where=lib > 0))
-
-    xs, xq = lognorm(train_source), lognorm(query_source)
+    xs, xq = lognorm(_dense(train_source)), lognorm(_dense(query_source))
     n_pcs = max(1, min(n_pcs, xs.shape[1], xs.shape[0] - 1))
     pca = PCA(n_components=n_pcs, random_state=seed).fit(xs)
     target = _dense(train_target)
@@ -143,7 +148,8 @@ def query_metrics(model, mdata=None, target: str | None = None, source: str | No
     Returns one row per method (``scmm``, ``knn``) with the mean / median
     Pearson r per feature and per cell, and for proteins the CLR SSE per cell.
     """
-    from ..preprocess import SPLIT_KEY, modality_kind
+    from ..preprocess import modality_kind
+    from ..runfolder import SPLIT_KEY
     mdata = mdata if mdata is not None else model.mdata
     if mdata is None:
         raise ValueError("no data: pass mdata or load the run with its results")

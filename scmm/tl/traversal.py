@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..runfolder import LATENT_KEY, replace_atomic
+
 CACHE_NAME = "traversal.npz"
 #: The paper's p-value thresholds by modality kind.
 DEFAULT_PVALUES = {"rna": 1e-12, "protein": 1e-3, "atac": 1e-21}
@@ -191,7 +193,6 @@ class Traversal:
         meta = {"format": _FORMAT, "key": self.key, "modalities": self.modalities,
                 "features": self.features, "kinds": self.kinds, "library": self.library,
                 "pvalues": self.pvalues}
-        from ..runfolder import replace_atomic
         replace_atomic(lambda tmp: np.savez(tmp, **arrays), path)
         replace_atomic(lambda tmp: tmp.write_text(json.dumps(meta)), path.with_suffix(".json"))
         return path
@@ -246,9 +247,9 @@ def _joint_latent(model):
     mdata = getattr(model, "mdata", None)
     if mdata is None:
         return None
-    if "X_scmm" in mdata.obsm:
-        return np.asarray(mdata.obsm["X_scmm"])
-    return model.get_latent()["X_scmm"]
+    if LATENT_KEY in mdata.obsm:
+        return np.asarray(mdata.obsm[LATENT_KEY])
+    return model.get_latent()[LATENT_KEY]
 
 
 def traverse(model, run_dir: str | Path | None = None, span: float = 5.0, step: float = 0.5,

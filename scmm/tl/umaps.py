@@ -6,20 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runfolder import LATENT_KEY, replace_atomic, umap_key
+
 CACHE_NAME = "umap.npz"
-
-
-def umap_key(latent_key: str) -> str:
-    """Name of a latent's UMAP: ``X_scmm`` -> ``X_umap_scmm``, ``X_scmm_rna`` -> ``X_umap_scmm_rna``."""
-    if not latent_key.startswith("X_"):
-        raise ValueError(f"latent keys start with 'X_', got {latent_key!r}")
-    return "X_umap_" + latent_key[2:]
 
 
 def latent_keys(mdata) -> list[str]:
     """The scMM latents in ``obsm``: ``X_scmm`` first, then ``X_scmm_<modality>``."""
-    keys = [k for k in mdata.obsm if k == "X_scmm" or k.startswith("X_scmm_")]
-    return sorted(keys, key=lambda k: (k != "X_scmm", k))
+    keys = [k for k in mdata.obsm if k == LATENT_KEY or k.startswith(LATENT_KEY + "_")]
+    return sorted(keys, key=lambda k: (k != LATENT_KEY, k))
 
 
 def _digest(latent: np.ndarray, params: dict) -> str:
@@ -40,7 +35,6 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, entries: dict) -> None:
-    from ..runfolder import replace_atomic
     replace_atomic(lambda tmp: np.savez(tmp, **entries), path)
 
 
