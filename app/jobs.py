@@ -32,6 +32,7 @@ from pathlib import Path
 
 from scmm import runfolder
 from scmm.runfolder import RunFileError
+from scmm.settings import Settings
 
 from app import processes
 
@@ -134,13 +135,17 @@ class JobQueue:
         return queued.index(job_id) + 1 if job_id in queued else None
 
     # ---------------------------------------------------------------- submit
-    def submit(self, dataset: Path, dataset_label: str, options: dict, analyze: bool = True) -> dict:
-        """Queue a training of ``dataset`` (a server-resolved path); return its record.
+    def submit(self, dataset: Path, dataset_label: str, settings: Settings, analyze: bool = True) -> dict:
+        """Queue a training of ``dataset`` (a server-resolved path) with ``settings``; return its record.
+
+        The settings are written into the run folder (``settings.json``), which
+        the job's ``scmm train --settings`` reads.
 
         The same request again within :data:`DUPLICATE_WINDOW_S` returns the
         first job (with ``"duplicate": True``) instead of starting a second.
         Raises ``OSError`` when the runs folder cannot be written.
         """
+        options = settings.to_dict()
         key = hashlib.sha1(json.dumps([str(dataset), options, analyze], sort_keys=True).encode()).hexdigest()
         runfolder.check_writable(self.folder, need_bytes=50 * 2 ** 20)
         with self._locked():
@@ -156,6 +161,7 @@ class JobQueue:
                       "options": options, "analyze": analyze, "state": "queued", "submitted": now,
                       "started": None, "finished": None, "pid": None, "pid_created": None,
                       "cancel_requested": None, "message": "queued", "request_key": key}
+            settings.write(self.runs_dir / run / runfolder.SETTINGS_FILE)
             runfolder.write_json_atomic(self.runs_dir / run / runfolder.JOB_FILE, {
                 "job_id": job_id, "run": run, "dataset": str(dataset), "options": options,
                 "analyze": analyze, "stage": "queued", "created": now, "message": "queued"})

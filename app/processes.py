@@ -1,7 +1,8 @@
 """Child processes of the app: one launcher, a bounded pool of work slots, and death with the parent.
 
-Every process the app starts goes through :func:`python_command` /
-:func:`run_child` / :func:`spawn_session`, so they all get the same
+Every process the app starts goes through :func:`python_command` and one of
+:func:`run_child` (wait for its output), :func:`start_child` (a job's stage)
+or :func:`spawn_session` (a job's worker, which outlives the server), so they all get the same
 environment (the project on ``PYTHONPATH``, torch threads leaving a core to
 the server) and the same limits:
 
@@ -102,6 +103,12 @@ def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def start_child(cmd: list[str], log) -> subprocess.Popen:
+    """Start ``cmd`` with its output going to the open file ``log``; it dies with this process."""
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                            env=child_env(), preexec_fn=die_with_parent)
 
 
 def spawn_session(cmd: list[str], log_path: Path) -> subprocess.Popen:

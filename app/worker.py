@@ -36,22 +36,12 @@ def _update_job(run_dir: Path, **changes) -> dict:
 
 
 def train_command(spec: dict, run_dir: Path) -> list[str]:
-    """The ``python -m scmm train`` command line of job ``spec``.
-
-    ``spec["options"]`` keys: preset, epochs, lr, latent_dim, seed (None = the
-    preset's); the CLI validates each value again.
-    """
-    cmd = processes.python_command(
-        "scmm", "train", spec["dataset"], "--out", run_dir,
+    """The ``python -m scmm train`` command line of job ``spec``: its settings travel as
+    the run's ``settings.json`` (written by the server), never as re-spelled flags."""
+    return processes.python_command(
+        "scmm", "train", spec["dataset"], "--out", run_dir, "--settings", run_dir / runfolder.SETTINGS_FILE,
         "--progress-file", run_dir / runfolder.PROGRESS_FILE,
         "--cancel-file", run_dir / runfolder.CANCEL_FILE, "--quiet")
-    flags = {"preset": "--preset", "epochs": "--epochs", "lr": "--lr",
-             "latent_dim": "--latent-dim", "seed": "--seed"}
-    for key, flag in flags.items():
-        value = spec.get("options", {}).get(key)
-        if value not in (None, ""):
-            cmd += [flag, str(value)]
-    return cmd
 
 
 class Stages:
@@ -73,8 +63,7 @@ class Stages:
         with open(self.run_dir / runfolder.LOG_FILE, "ab") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=processes.child_env(), preexec_fn=processes.die_with_parent)
+            self.proc = processes.start_child(cmd, log)
             if self.terminated:
                 self.proc.terminate()
             return self.proc.wait()

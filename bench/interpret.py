@@ -81,12 +81,12 @@ def snare(data_dir: Path, preset: str, epochs: int | None, lr: float | None, out
     mdata = scmm.read(path)
     scmm.preprocess(mdata)
     model = scmm.SCMM(mdata, preset=preset)
-    warmup = model.train_settings["warmup"] if epochs is None else max(1, min(model.train_settings["warmup"], epochs // 2))
+    warmup = model.settings.warmup if epochs is None else max(1, min(model.settings.warmup, epochs // 2))
     start = time.perf_counter()
     result = model.train(epochs=epochs, warmup=warmup, lr=lr, progress=False, callback=_progress())
     print(f"\nsnare_cortex: {mdata.n_obs} cells, {dict((m, a.n_vars) for m, a in mdata.mod.items())}; "
           f"preset {preset}, {len(result['history'])} epochs, warm-up {warmup}, "
-          f"lr {lr or model.train_settings['lr']} ({result['status']}) in {time.perf_counter() - start:.0f} s")
+          f"lr {lr or model.settings.lr} ({result['status']}) in {time.perf_counter() - start:.0f} s")
     model.get_latent()
     model.save(out / "snare")
     truth = mdata.obs["cell_type"].astype(str)

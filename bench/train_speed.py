@@ -168,7 +168,7 @@ def main() -> None:
     model = scmm.SCMM(mdata, preset=args.preset, device=args.device)
     read_seconds = time.perf_counter() - tic
     n_train = int((mdata.obs["scmm_split"] == "train").sum())
-    batch_size = args.batch_size or model.train_settings["batch_size"]
+    batch_size = args.batch_size or model.settings.batch_size
     device = model.device
 
     report = {"device": str(device), "torch_threads": torch.get_num_threads(), "cells": mdata.n_obs,

@@ -11,7 +11,7 @@
 preprocessing and the analyses of cached results can be used by a process
 that must not import torch (the app's server).
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
 import mudata as _mudata
 

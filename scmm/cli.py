@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .options import validate_model_options, validate_preprocess_options, validate_train_options
+from .options import option_name
 from .presets import PRESETS
+from .settings import Settings
 from .runfolder import CHECKPOINT_FILE, LATENT_KEY, check_writable, write_json_atomic
 
 
@@ -48,25 +49,36 @@ def _finite(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
-def check_train_options(args) -> None:
-    """Every option of ``scmm train`` in range (ValueError naming it); nothing read or written."""
-    validate_train_options(cli=True, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                           k_samples=args.k_samples, seed=args.seed, objective=args.objective)
-    validate_preprocess_options(cli=True, test_fraction=args.test_fraction,
-                                n_top_genes=args.n_top_genes, peak_fraction=args.peak_fraction)
-    validate_model_options(cli=True, latent_dim=args.latent_dim)
+#: settings a ``scmm train`` flag sets (flag --a-b <-> field a_b)
+SETTINGS_FLAGS = ("preset", "latent_dim", "epochs", "lr", "batch_size", "objective", "k_samples",
+                  "n_top_genes", "peak_fraction", "test_fraction", "seed")
+
+
+def settings_from_args(args) -> Settings:
+    """The run's :class:`~scmm.settings.Settings`: ``--settings FILE`` and/or the flags given.
+
+    Validated once, by ``Settings`` itself; a bad value's message names the flag
+    (``--epochs must be ...``).  Nothing is read or written.
+    """
+    likelihoods = {}
     for item in args.likelihood or []:
         name, sep, value = item.partition("=")
         if not sep or not name or value not in ("nb", "zinb"):
             raise ValueError(f"--likelihood must be MOD=nb or MOD=zinb, got {item!r}")
-
-
-def likelihood_options(args) -> dict | None:
-    return dict(item.split("=", 1) for item in args.likelihood) if args.likelihood else None
+        likelihoods[name] = value
+    given = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+    try:
+        base = Settings.read(args.settings) if args.settings else Settings()
+        return base.replace(likelihoods=likelihoods or None, **given)
+    except ValueError as err:
+        field, _, rest = str(err).partition(" ")
+        if field in SETTINGS_FLAGS and rest.startswith("must"):
+            raise ValueError(f"{option_name(field, cli=True)} {rest}") from None
+        raise
 
 
 def cmd_train(args) -> int:
-    check_train_options(args)
+    settings = settings_from_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a folder")
@@ -82,12 +94,10 @@ def cmd_train(args) -> int:
 
     import scmm
     mdata = scmm.read(*args.data.split(","))
-    scmm.preprocess(mdata, n_top_genes=args.n_top_genes, peak_fraction=args.peak_fraction,
-                    test_fraction=args.test_fraction, seed=args.seed)
-    model = scmm.SCMM(mdata, modalities=likelihood_options(args), preset=args.preset,
-                      latent_dim=args.latent_dim, device=args.device)
-    epochs = args.epochs or model.planned_epochs(args.batch_size)
-    progress = ProgressFile(args.progress_file, epochs, history=history)
+    scmm.preprocess(mdata, n_top_genes=settings.n_top_genes, peak_fraction=settings.peak_fraction,
+                    test_fraction=settings.test_fraction, seed=settings.seed)
+    model = scmm.SCMM(mdata, settings=settings, device=args.device)
+    progress = ProgressFile(args.progress_file, model.planned_epochs(), history=history)
     cancel_file = Path(args.cancel_file) if args.cancel_file else None
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -96,9 +106,7 @@ def cmd_train(args) -> int:
         return stop["now"] or (cancel_file is not None and cancel_file.exists())
 
     try:
-        result = model.train(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                             objective=args.objective, k_samples=args.k_samples,
-                             progress=not args.quiet, callback=progress, should_stop=should_stop,
+        result = model.train(progress=not args.quiet, callback=progress, should_stop=should_stop,
                              checkpoint=checkpoint, resume=args.resume)
         if result["status"] == "cancelled":
             progress.write(status="cancelled", message="cancelled by the user")
@@ -167,20 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="preprocess a dataset, train scMM, save a run folder")
     train.add_argument("data", help=".h5mu, 10x .h5 / mtx folder, or .h5ad files (comma-separated)")
     train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--settings", default=None, metavar="FILE",
+                       help="settings JSON (scmm.settings.Settings; the app's jobs pass theirs so); "
+                            "flags given beside it override it")
     train.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="paper preset (default: atac when a modality is ATAC, else cite)")
     train.add_argument("--likelihood", action="append", metavar="MOD=nb|zinb",
                        help="likelihood of a modality (repeatable)")
-    train.add_argument("--latent-dim", type=int, default=10)
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--lr", type=float, default=None)
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--objective", choices=["stratified", "naive"], default="stratified")
-    train.add_argument("--k-samples", type=int, default=1, help="importance samples (IWAE) per cell")
-    train.add_argument("--n-top-genes", type=int, default=5000)
-    train.add_argument("--peak-fraction", type=float, default=0.25)
-    train.add_argument("--test-fraction", type=float, default=0.2)
-    train.add_argument("--seed", type=int, default=0)
+    defaults = Settings()
+    train.add_argument("--latent-dim", type=int, default=None, help=f"latent size (default {defaults.latent_dim})")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="epochs (default: the preset's, raised to its min_steps optimiser steps)")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
+    train.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
+    train.add_argument("--objective", choices=["stratified", "naive"], default=None,
+                       help=f"default {defaults.objective}")
+    train.add_argument("--k-samples", type=int, default=None,
+                       help=f"importance samples (IWAE) per cell (default {defaults.k_samples})")
+    train.add_argument("--n-top-genes", type=int, default=None, help=f"default {defaults.n_top_genes}")
+    train.add_argument("--peak-fraction", type=float, default=None, help=f"default {defaults.peak_fraction}")
+    train.add_argument("--test-fraction", type=float, default=None, help=f"default {defaults.test_fraction}")
+    train.add_argument("--seed", type=int, default=None, help=f"default {defaults.seed}")
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--checkpoint", action="store_true", help="write OUT/checkpoint.pt every epoch")
     train.add_argument("--resume", action="store_true",

@@ -10,9 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import presets as presets_mod
 from . import run, runfolder
-from .options import validate_model_options, validate_train_options
+from .settings import Settings, settings_of
 from .batches import MultiModalBatches
 from .module import MMVAE, ModalitySpec
 from .module.distributions import nb_sample, zinb_sample
@@ -68,40 +67,58 @@ class SCMM:
         ``"cpu"``, ``"cuda"``...; default CUDA when available.
     seed
         Seed of the weight initialisation (training has its own ``seed``).
+    settings
+        A :class:`scmm.settings.Settings` (the CLI's and the app's way in); the
+        keyword arguments above override it.  The resolved settings are
+        :attr:`settings` and are saved with the run.
     """
 
     def __init__(self, mdata: md.MuData, modalities: dict | None = None, preset: str | None = None,
-                 latent_dim: int = 10, hidden: dict | None = None, posterior_scale: str = "softplus",
-                 log_input: bool = True, device: str | None = None, seed: int = 0):
+                 latent_dim: int | None = None, hidden: dict | None = None, posterior_scale: str | None = None,
+                 log_input: bool | None = None, device: str | None = None, seed: int = 0,
+                 settings: Settings | None = None):
         modalities = dict(modalities or {})
         names = list(modalities) or list(mdata.mod)
         missing = [n for n in names if n not in mdata.mod]
         if missing:
             raise KeyError(f"modalities {missing} are not in the data (it has {list(mdata.mod)})")
-        kinds = {n: modality_kind(n) for n in names}
-        self.likelihoods = {n: modalities.get(n, presets_mod.DEFAULT_LIKELIHOOD[kinds[n]])
-                            for n in names}
-        self.preset = preset or presets_mod.default_preset(list(kinds.values()))
-        settings = presets_mod.get_preset(self.preset)
-        layer_sizes = {n: list((hidden or {}).get(n, settings["hidden"][kinds[n]])) for n in names}
-        validate_model_options(latent_dim=latent_dim, hidden=layer_sizes, likelihoods=self.likelihoods)
+        chosen = (settings or Settings()).replace(
+            preset=preset, latent_dim=latent_dim, hidden=hidden, likelihoods=modalities or None,
+            posterior_scale=posterior_scale, log_input=log_input)
+        self.settings = chosen.resolve({n: modality_kind(n) for n in names})
         self.feature_names = {n: [str(v) for v in mdata.mod[n].var_names] for n in names}
         self.specs = [ModalitySpec(n, len(self.feature_names[n]), self.likelihoods[n],
-                                   tuple(layer_sizes[n])) for n in names]
-        self.latent_dim = latent_dim
-        self.posterior_scale = posterior_scale
-        self.log_input = log_input
+                                   tuple(self.settings.hidden[n])) for n in names]
         self.device = pick_device(device)
         torch.manual_seed(seed)
-        self.module = MMVAE(self.specs, latent_dim, posterior_scale).to(self.device)
-        self.train_settings = {k: settings[k] for k in
-                               ("lr", "epochs", "warmup", "patience", "batch_size", "min_steps")}
+        self.module = MMVAE(self.specs, self.latent_dim, self.posterior_scale).to(self.device)
         self.history: list[dict] = []
         self.status = "untrained"
         self.median_library = {}
         self.mdata = None
         if mdata is not None:
             self._attach(mdata)
+
+    # ------------------------------------------------------------ settings
+    @property
+    def preset(self) -> str:
+        return self.settings.preset
+
+    @property
+    def latent_dim(self) -> int:
+        return self.settings.latent_dim
+
+    @property
+    def likelihoods(self) -> dict:
+        return self.settings.likelihoods
+
+    @property
+    def posterior_scale(self) -> str:
+        return self.settings.posterior_scale
+
+    @property
+    def log_input(self) -> bool:
+        return self.settings.log_input
 
     # ------------------------------------------------------------------ data
     def _attach(self, mdata: md.MuData) -> None:
@@ -126,28 +143,30 @@ class SCMM:
 
     # ---------------------------------------------------------------- train
     def train(self, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-              warmup: int | None = None, patience: int | None = None, seed: int = 0,
-              objective: str = "stratified", k_samples: int = 1, grad_clip: float | None = None,
+              warmup: int | None = None, patience: int | None = None, seed: int | None = None,
+              objective: str | None = None, k_samples: int | None = None, grad_clip: float | None = None,
               compile: str | bool = "auto", progress: bool = True, callback=None, should_stop=None,
               checkpoint: str | Path | None = None, resume: bool = False) -> dict:
         """Train on the 'train' cells, early-stopping on the 'test' cells.
 
-        Unset settings come from the preset; unset ``epochs`` are the preset's,
-        raised where needed to make the preset's ``min_steps`` optimiser steps.  ``callback(record)`` receives each
-        epoch's losses; ``should_stop()`` cancels; ``checkpoint`` (a file) makes
-        the run resumable with ``resume=True``.  Returns ``{"history",
-        "best_epoch", "status"}``.
+        Unset settings are the model's :attr:`settings` (the preset's unless
+        overridden); the ones given here replace them (validated) and are
+        recorded in the run.  Unset ``epochs`` are the preset's, raised where
+        needed to make the preset's ``min_steps`` optimiser steps.
+        ``callback(record)`` receives each epoch's losses; ``should_stop()``
+        cancels; ``checkpoint`` (a file) makes the run resumable with
+        ``resume=True``.  Returns ``{"history", "best_epoch", "status"}``.
         """
         if self.mdata is None:
             raise ValueError("no data attached: build the model from a MuData first")
-        given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup,
-                 "patience": patience}
-        validate_train_options(**given, k_samples=k_samples, seed=seed, objective=objective)
-        settings = {k: (v if v is not None else self.train_settings[k]) for k, v in given.items()}
-        settings["epochs"] = epochs or self.planned_epochs(settings["batch_size"])
-        cfg = TrainConfig(**settings, seed=seed, objective=objective, k_samples=k_samples,
-                          log_input=self.log_input, grad_clip=grad_clip, compile=compile)
-        torch.manual_seed(seed)
+        self.settings = self.settings.replace(
+            epochs=epochs, lr=lr, batch_size=batch_size, warmup=warmup, patience=patience, seed=seed,
+            objective=objective, k_samples=k_samples, grad_clip=grad_clip)
+        s = self.settings
+        cfg = TrainConfig(epochs=self.planned_epochs(), lr=s.lr, warmup=s.warmup, patience=s.patience,
+                          batch_size=s.batch_size, seed=s.seed, objective=s.objective, k_samples=s.k_samples,
+                          log_input=s.log_input, grad_clip=s.grad_clip, compile=compile)
+        torch.manual_seed(s.seed)
         split = self.mdata.obs[SPLIT_KEY].to_numpy()
         train_set, test_set = self._batches(split == "train"), self._batches(split == "test")
         result = fit(self.module, train_set, test_set, cfg, progress=progress, callback=callback,
@@ -159,8 +178,7 @@ class SCMM:
     def planned_epochs(self, batch_size: int | None = None) -> int:
         """Epochs that :meth:`train` runs when ``epochs`` is not given (see :mod:`scmm.presets`)."""
         n_train = int((self.mdata.obs[SPLIT_KEY] == "train").sum())
-        return presets_mod.epochs_for(self.train_settings, n_train,
-                                      batch_size or self.train_settings["batch_size"])
+        return self.settings.replace(batch_size=batch_size).planned_epochs(n_train)
 
     # ------------------------------------------------------------ inference
     def _counts_and_library(self, source, modality: str):
@@ -285,7 +303,7 @@ class SCMM:
             "modalities": self.likelihoods, "preset": self.preset, "latent_dim": self.latent_dim,
             "posterior_scale": self.posterior_scale, "log_input": self.log_input,
             "specs": [s.to_dict() for s in self.specs], "feature_names": self.feature_names,
-            "median_library": self.median_library, "train_settings": self.train_settings,
+            "median_library": self.median_library, "settings": self.settings.to_dict(),
             "train_config": getattr(self, "train_config", None), "status": self.status,
             "history": self.history,
         }
@@ -300,16 +318,11 @@ class SCMM:
         """
         config = runfolder.validate_model_config(config)
         model = cls.__new__(cls)
-        model.likelihoods = dict(config["modalities"])
-        model.preset = config["preset"]
-        model.latent_dim = int(config["latent_dim"])
-        model.posterior_scale = config["posterior_scale"]
-        model.log_input = bool(config.get("log_input", True))
+        model.settings = settings_of(config)
         model.specs = [ModalitySpec(s["name"], s["n_features"], s["likelihood"], tuple(s["hidden"]))
                        for s in config["specs"]]
         model.feature_names = {k: list(v) for k, v in config["feature_names"].items()}
         model.median_library = {k: float(v) for k, v in config["median_library"].items()}
-        model.train_settings = dict(config["train_settings"])
         if config.get("train_config"):
             model.train_config = dict(config["train_config"])
         model.status = config.get("status", "untrained")

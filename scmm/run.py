@@ -17,15 +17,11 @@ import scipy.sparse as sp
 import torch
 
 from . import runfolder
+from ._version import __version__
 from .runfolder import CONFIG_FILE, RESULTS_FILE, WEIGHTS_FILE, RunFileError
 
 #: slack added to the estimated size of a save (config, HDF5 overhead, metadata)
 SAVE_MARGIN_BYTES = 16 * 2 ** 20
-
-
-def library_version() -> str:
-    from . import __version__
-    return __version__
 
 
 def _array_bytes(x) -> int:
@@ -74,7 +70,7 @@ def save_run(model, path: str | Path, overwrite: bool = True) -> Path:
     staging = None
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        config = {"scmm_version": library_version(), **model.config()}
+        config = {"scmm_version": __version__, **model.config()}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         torch.save(model.module.state_dict(), staging / WEIGHTS_FILE)
         if model.mdata is not None:

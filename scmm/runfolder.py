@@ -15,6 +15,7 @@ Files of a run folder::
     results.h5mu    the data with latents, clusters and UMAPs
     checkpoint.pt   tensors of a resumable run (weights_only=True); its
                     non-tensor state is JSON inside it
+    settings.json   the settings an app job trains with (scmm.settings.Settings)
     job.json        an app job: what was asked and its stage (the worker writes it)
     progress.json   written every epoch by ``scmm train --progress-file``
     CANCEL          asks a running training to stop
@@ -36,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 RESULTS_FILE = "results.h5mu"
 CHECKPOINT_FILE = "checkpoint.pt"
+SETTINGS_FILE = "settings.json"
 JOB_FILE = "job.json"
 PROGRESS_FILE = "progress.json"
 CANCEL_FILE = "CANCEL"
@@ -300,9 +302,11 @@ def validate_model_config(config, path: str | Path = CONFIG_FILE) -> dict:
     """
     config = _mapping(config, path)
     for key in ("modalities", "latent_dim", "specs", "feature_names", "median_library",
-                "train_settings", "posterior_scale", "preset"):
+                "posterior_scale", "preset"):
         if key not in config:
             _fail(path, f"missing key {key!r}")
+    if "settings" not in config and "train_settings" not in config:
+        _fail(path, "missing key 'settings'")
     _number(config["latent_dim"], path, "latent_dim", 1, MAX_LATENT_DIM, integer=True, optional=False)
     _choice(config["posterior_scale"], path, "posterior_scale", POSTERIOR_SCALES)
     _text(config["preset"], path, "preset", 64, optional=False)
@@ -312,7 +316,7 @@ def validate_model_config(config, path: str | Path = CONFIG_FILE) -> dict:
     _mapping(config["modalities"], path, "'modalities'")
     names = _mapping(config["feature_names"], path, "'feature_names'")
     _mapping(config["median_library"], path, "'median_library'")
-    _mapping(config["train_settings"], path, "'train_settings'")
+    _mapping(config.get("settings", config.get("train_settings")), path, "'settings'")
     n_params = 0
     latent = int(config["latent_dim"])
     for i, spec in enumerate(specs):

@@ -29,18 +29,19 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (see :mod:`scmm.presets` for the paper's)."""
+    """The training loop's concrete settings, made from a resolved :class:`scmm.settings.Settings`
+    by :meth:`scmm.SCMM.train` (no defaults here: the presets are the one source)."""
 
-    epochs: int = 20
-    lr: float = 2e-3
-    warmup: int = 10
-    patience: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    objective: str = "stratified"
-    k_samples: int = 1
-    log_input: bool = True
-    grad_clip: float | None = None
+    epochs: int
+    lr: float
+    warmup: int
+    patience: int
+    batch_size: int
+    seed: int
+    objective: str
+    k_samples: int
+    log_input: bool
+    grad_clip: float | None
     compile: str | bool = "auto"
 
     def to_dict(self) -> dict:

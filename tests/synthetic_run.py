@@ -54,7 +54,7 @@ def make_run(path: str | Path, n_cells: int = 2000, n_genes: int = 300, n_prots:
     (path / "config.json").write_text(json.dumps({
         "modalities": {"rna": "nb", "prot": "nb"}, "preset": "cite", "latent_dim": latent_dim,
         "posterior_scale": "softplus", "log_input": True, "specs": specs, "feature_names": names,
-        "median_library": {"rna": 100.0, "prot": 90.0}, "train_settings": {}, "history": history,
+        "median_library": {"rna": 100.0, "prot": 90.0}, "settings": {"preset": "cite", "latent_dim": latent_dim}, "history": history,
         "status": "completed"}))
     (path / "model.pt").write_bytes(b"")  # never loaded by the pages
     (path / "progress.json").write_text(json.dumps({"status": "done", "epoch": 5, "epochs": 5,

@@ -13,6 +13,7 @@ import pytest
 
 from app import jobs, processes
 from scmm import runfolder
+from scmm.settings import Settings
 
 
 def write(path, payload):
@@ -95,9 +96,9 @@ def test_a_malformed_file_makes_one_run_unreadable_and_no_other(tmp_path, name, 
 
 def test_queue_runs_one_at_a_time_in_order_and_tells_the_place(tmp_path, fake_worker):
     queue = jobs.JobQueue(tmp_path / "runs", max_running=1)
-    first = queue.submit(tmp_path / "a.h5mu", "a.h5mu", {"epochs": 1})
-    second = queue.submit(tmp_path / "b.h5mu", "b.h5mu", {"epochs": 1})
-    third = queue.submit(tmp_path / "c.h5mu", "c.h5mu", {"epochs": 1})
+    first = queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings(epochs=1))
+    second = queue.submit(tmp_path / "b.h5mu", "b.h5mu", Settings(epochs=1))
+    third = queue.submit(tmp_path / "c.h5mu", "c.h5mu", Settings(epochs=1))
     states = {r["job_id"]: r["state"] for r in queue.records()}
     assert [states[j["job_id"]] for j in (first, second, third)] == ["running", "queued", "queued"]
     assert queue.position(second["job_id"]) == 1 and queue.position(third["job_id"]) == 2
@@ -113,15 +114,15 @@ def test_queue_runs_one_at_a_time_in_order_and_tells_the_place(tmp_path, fake_wo
 
 def test_the_same_request_twice_is_one_job(tmp_path, fake_worker):
     queue = jobs.JobQueue(tmp_path / "runs", max_running=1)
-    one = queue.submit(tmp_path / "a.h5mu", "a.h5mu", {"epochs": 3})
-    two = queue.submit(tmp_path / "a.h5mu", "a.h5mu", {"epochs": 3})
+    one = queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings(epochs=3))
+    two = queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings(epochs=3))
     assert two["job_id"] == one["job_id"] and two["duplicate"]
     assert len(queue.records()) == 1 and len(fake_worker) == 1
 
 
 def test_cancel_ends_the_whole_process_group_and_only_known_jobs(tmp_path, fake_worker):
     queue = jobs.JobQueue(tmp_path / "runs", max_running=1)
-    job = queue.submit(tmp_path / "a.h5mu", "a.h5mu", {})
+    job = queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings())
     pgid = fake_worker[0].pid
     assert wait_for(lambda: len(group_members(pgid)) == 2)
     for hostile in ("../x", str(pgid), "0" * 16, None, 12, {"job_id": job["job_id"]}):
@@ -134,7 +135,7 @@ def test_cancel_ends_the_whole_process_group_and_only_known_jobs(tmp_path, fake_
 
 def test_a_killed_worker_fails_the_job_and_leaves_no_orphan(tmp_path, fake_worker):
     queue = jobs.JobQueue(tmp_path / "runs", max_running=1)
-    job = queue.submit(tmp_path / "a.h5mu", "a.h5mu", {})
+    job = queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings())
     pgid = fake_worker[0].pid
     assert wait_for(lambda: len(group_members(pgid)) == 2)
     os.kill(pgid, signal.SIGKILL)
@@ -148,8 +149,8 @@ def test_a_killed_worker_fails_the_job_and_leaves_no_orphan(tmp_path, fake_worke
 
 def test_a_restarted_server_reattaches_to_running_jobs(tmp_path, fake_worker):
     queue = jobs.JobQueue(tmp_path / "runs", max_running=1)
-    job = queue.submit(tmp_path / "a.h5mu", "a.h5mu", {})
-    queued = queue.submit(tmp_path / "b.h5mu", "b.h5mu", {})
+    job = queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings())
+    queued = queue.submit(tmp_path / "b.h5mu", "b.h5mu", Settings())
     restarted = jobs.JobQueue(tmp_path / "runs", max_running=1)
     restarted.tick()
     assert restarted.get(job["job_id"])["state"] == "running"
@@ -167,7 +168,7 @@ def test_a_read_only_runs_folder_is_refused_before_anything_starts(tmp_path, fak
 
     monkeypatch.setattr(runfolder, "check_writable", refuse)
     with pytest.raises(OSError, match="Read-only"):
-        queue.submit(tmp_path / "a.h5mu", "a.h5mu", {})
+        queue.submit(tmp_path / "a.h5mu", "a.h5mu", Settings())
     assert queue.records() == [] and fake_worker == []
 
 
@@ -175,7 +176,7 @@ def test_a_real_job_reports_the_readers_error(tmp_path):
     bad = tmp_path / "bad.h5ad"
     bad.write_bytes(b"not hdf5")
     queue = jobs.JobQueue(tmp_path / "runs", max_running=1)
-    job = queue.submit(bad, "bad.h5ad", {"epochs": 1})
+    job = queue.submit(bad, "bad.h5ad", Settings(epochs=1))
     record = queue.wait(job["job_id"], timeout=120)
     assert record["state"] == "failed"
     assert "bad.h5ad" in record["message"]

@@ -172,6 +172,10 @@ def test_weights_that_do_not_fit_the_config_are_refused(trained_run, tmp_path):
     config = base_config(trained_run)
     config["latent_dim"] = 12
     (run / runfolder.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(RunFileError, match="'latent_dim' = 12 disagrees with the settings"):
+        scmm.SCMM.load(run)
+    config["settings"]["latent_dim"] = 12
+    (run / runfolder.CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(RunFileError, match="model.pt: does not fit"):
         scmm.SCMM.load(run)
 

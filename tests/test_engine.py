@@ -160,7 +160,7 @@ def test_early_stopping_reloads_best_weights(demo):
     from scmm.train import TrainConfig, evaluate
     split = demo.obs["scmm_split"].to_numpy()
     torch.manual_seed(0)
-    reloaded = evaluate(model.module, model._batches(split == "test"), TrainConfig())
+    reloaded = evaluate(model.module, model._batches(split == "test"), TrainConfig(**model.train_config))
     assert abs(reloaded - tests[best - 1]) < 0.05 * abs(tests[best - 1])
 
 

@@ -17,8 +17,9 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
-from scmm.options import MODEL_BOUNDS, TRAIN_BOUNDS, check_option
+from scmm.options import MODEL_BOUNDS, TRAIN_BOUNDS
 from scmm.presets import PRESETS
+from scmm.settings import Settings
 
 from app import components, data_access, figures, jobs
 
@@ -31,20 +32,21 @@ def preset_options() -> list[dict]:
         [{"label": name, "value": name} for name in PRESETS]
 
 
-def form_options(preset, latent, epochs, lr) -> dict:
-    """The Train form's values as job options, checked with the library's bounds (ValueError otherwise)."""
-    if preset not in ("", None) and preset not in PRESETS:
-        raise ValueError(f"Preset must be one of {sorted(PRESETS)}, got {str(preset)[:40]!r}")
-    checks = {"Latent size": (latent, MODEL_BOUNDS["latent_dim"]), "Epochs": (epochs, TRAIN_BOUNDS["epochs"]),
-              "Learning rate": (lr, TRAIN_BOUNDS["lr"])}
-    values = {}
-    for label, (value, bounds) in checks.items():
-        if value in (None, "") and label != "Latent size":
-            values[label] = None
-            continue
-        values[label] = check_option(label, value, *bounds)
-    return {"preset": preset or None, "latent_dim": values["Latent size"], "epochs": values["Epochs"],
-            "lr": values["Learning rate"]}
+#: the Train form's fields: settings field -> label on the page
+FORM_LABELS = {"preset": "Preset", "latent_dim": "Latent size", "epochs": "Epochs", "lr": "Learning rate"}
+
+
+def form_settings(preset, latent, epochs, lr) -> Settings:
+    """The Train form's values as :class:`~scmm.settings.Settings` (validated there; a bad
+    value's ValueError names the field as the page labels it)."""
+    values = {"preset": preset, "latent_dim": latent, "epochs": epochs, "lr": lr}
+    try:
+        return Settings.build(**{k: (None if v == "" else v) for k, v in values.items()})
+    except (ValueError, TypeError) as err:
+        field, _, rest = str(err).partition(" ")
+        if field in FORM_LABELS:
+            raise ValueError(f"{FORM_LABELS[field]} {rest}") from None
+        raise ValueError(str(err)) from None
 
 
 def active_job(cfg) -> str | None:
@@ -68,7 +70,7 @@ def layout(cfg, run_id, query) -> html.Div:
         dbc.Row([
             dbc.Col([dbc.Label("Latent size", className="mt-2"),
                      dbc.Input(id="train-latent", type="number", min=1, max=MODEL_BOUNDS["latent_dim"][1],
-                               step=1, value=10)]),
+                               step=1, value=Settings().latent_dim)]),
             dbc.Col([dbc.Label("Epochs", className="mt-2"),
                      dbc.Input(id="train-epochs", type="number", min=1, max=TRAIN_BOUNDS["epochs"][1],
                                step=1, placeholder="preset")]),
@@ -190,11 +192,11 @@ def register(app, cfg) -> None:
             return no_update, dbc.Alert("Pick a dataset of the data folder first.", color="warning",
                                         className="py-1", id="train-error")
         try:
-            options = form_options(preset, latent, epochs, lr)
+            settings = form_settings(preset, latent, epochs, lr)
         except ValueError as err:
             return no_update, dbc.Alert(str(err), color="danger", className="py-1", id="train-error")
         try:
-            record = cfg.queue.submit(path, dataset_id, options)
+            record = cfg.queue.submit(path, dataset_id, settings)
         except OSError as err:
             return no_update, dbc.Alert(f"Cannot start: {err}", color="danger", className="py-1",
                                         id="train-error")

@@ -1,0 +1,160 @@
+"""One schema for every setting of a training: :class:`Settings`.
+
+A ``Settings`` is built once from a preset of the registry
+(:data:`scmm.presets.PRESETS`) and the user's overrides, validated on
+construction (:mod:`scmm.options`; a frozen dataclass, so every copy made with
+:meth:`Settings.replace` is validated again), and serialised once into the run
+(``config.json["settings"]``).  The CLI (``scmm train`` flags or
+``--settings FILE``), the API (``SCMM(..., settings=)`` and the keyword
+arguments of ``SCMM`` / ``SCMM.train``) and the app's jobs (a ``settings.json``
+in the run folder) all produce and consume it.  Torch-free.
+
+Fields left ``None`` come from the preset when the data's modalities are
+known (:meth:`Settings.resolve`); ``preset=None`` picks ``atac`` when a
+modality is chromatin accessibility, else ``cite``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import presets, runfolder
+from .options import (check_option, validate_model_options, validate_preprocess_options,
+                      validate_train_options)
+
+#: fields whose unset value comes from the preset
+PRESET_FIELDS = ("lr", "warmup", "patience", "batch_size", "min_steps")
+POSTERIOR_SCALES = runfolder.POSTERIOR_SCALES
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides what a training learns (not where it runs: device, threads)."""
+
+    preset: str | None = None
+    latent_dim: int = 10
+    hidden: dict = field(default_factory=dict)          # {modality: [sizes]} over the preset's
+    likelihoods: dict = field(default_factory=dict)     # {modality: "nb" | "zinb"} over the defaults
+    posterior_scale: str = "softplus"
+    log_input: bool = True
+    epochs: int | None = None                           # None: the preset's, raised to min_steps
+    lr: float | None = None
+    warmup: int | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    min_steps: int | None = None
+    seed: int = 0
+    objective: str = "stratified"
+    k_samples: int = 1
+    grad_clip: float | None = None
+    n_top_genes: int | None = 5000
+    peak_fraction: float | None = 0.25
+    test_fraction: float = 0.2
+
+    def __post_init__(self):
+        if self.preset is not None and self.preset not in presets.PRESETS:
+            raise ValueError(f"preset must be one of {sorted(presets.PRESETS)}, got {self.preset!r}")
+        if self.posterior_scale not in POSTERIOR_SCALES:
+            raise ValueError(f"posterior_scale must be one of {list(POSTERIOR_SCALES)}, "
+                             f"got {self.posterior_scale!r}")
+        if not isinstance(self.log_input, bool):
+            raise ValueError(f"log_input must be true or false, got {self.log_input!r}")
+        if not isinstance(self.hidden, dict) or not isinstance(self.likelihoods, dict):
+            raise ValueError("hidden and likelihoods must map modality names to values")
+        validate_model_options(latent_dim=self.latent_dim, hidden=self.hidden, likelihoods=self.likelihoods)
+        validate_train_options(epochs=self.epochs, lr=self.lr, warmup=self.warmup, patience=self.patience,
+                               batch_size=self.batch_size, seed=self.seed, objective=self.objective,
+                               k_samples=self.k_samples)
+        if self.min_steps is not None:
+            check_option("min_steps", self.min_steps, 0, math.inf, integer=True)
+        if self.grad_clip is not None:
+            check_option("grad_clip", self.grad_clip, 0, math.inf, lo_open=True)
+        validate_preprocess_options(n_top_genes=self.n_top_genes, peak_fraction=self.peak_fraction,
+                                    test_fraction=self.test_fraction)
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def build(cls, **values) -> "Settings":
+        """Settings from keyword values; ``None`` values are left to the preset / defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; known: {sorted(names)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def replace(self, **changes) -> "Settings":
+        """A validated copy with ``changes`` (``None`` values change nothing)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def resolve(self, kinds: dict[str, str]) -> "Settings":
+        """Concrete settings for modalities ``{name: kind}``: the preset chosen, its values filled in."""
+        preset = self.preset or presets.default_preset(list(kinds.values()))
+        values = presets.get_preset(preset)
+        filled = {k: getattr(self, k) if getattr(self, k) is not None else values[k] for k in PRESET_FIELDS}
+        hidden = {m: list(self.hidden.get(m, values["hidden"][kind])) for m, kind in kinds.items()}
+        likelihoods = {m: self.likelihoods.get(m, presets.DEFAULT_LIKELIHOOD[kind]) for m, kind in kinds.items()}
+        return dataclasses.replace(self, preset=preset, hidden=hidden, likelihoods=likelihoods, **filled)
+
+    def planned_epochs(self, n_train: int) -> int:
+        """The epochs a training of ``n_train`` cells runs (resolved settings): ``epochs`` if set,
+        else the preset's, raised so that training makes at least ``min_steps`` optimiser steps."""
+        if self.epochs is not None:
+            return self.epochs
+        preset = presets.get_preset(self.preset or "cite")
+        return presets.epochs_for({"epochs": preset["epochs"], "min_steps": self.min_steps or 0},
+                                  n_train, self.batch_size or preset["batch_size"])
+
+    # -------------------------------------------------------- serialising
+    def to_dict(self) -> dict:
+        """JSON-ready form (the one stored in a run's config.json and settings.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values) -> "Settings":
+        """Settings from :meth:`to_dict`'s form (validated; unknown keys refused)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"settings must be a JSON object, not {type(values).__name__}")
+        return cls.build(**values)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the settings as JSON (atomically)."""
+        runfolder.write_json_atomic(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Settings":
+        """Settings from a JSON file (clear errors for a missing, malformed or out-of-range one)."""
+        raw = runfolder.read_json(path, max_bytes=2 ** 20)
+        if raw is None:
+            raise FileNotFoundError(f"no settings file {path}")
+        try:
+            return cls.from_dict(raw)
+        except (ValueError, TypeError) as err:
+            raise runfolder.RunFileError(path, str(err)) from None
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def settings_of(config: dict) -> Settings:
+    """The settings of a saved run's (validated) config; runs saved before ``settings``
+    existed are read from their ``preset``, ``specs`` and ``train_settings``."""
+    if "settings" in config:
+        settings = Settings.from_dict(config["settings"])
+        architecture = {"latent_dim": config["latent_dim"], "posterior_scale": config["posterior_scale"],
+                        "likelihoods": config["modalities"]}
+        for key, value in architecture.items():
+            if getattr(settings, key) != value:
+                raise runfolder.RunFileError(runfolder.CONFIG_FILE, f"{key!r} = {value!r} disagrees with the "
+                                             f"settings ({getattr(settings, key)!r})")
+        return settings
+    legacy = config.get("train_settings") or {}
+    return Settings.build(
+        preset=config["preset"], latent_dim=int(config["latent_dim"]),
+        posterior_scale=config["posterior_scale"], log_input=bool(config.get("log_input", True)),
+        likelihoods=dict(config["modalities"]), hidden={s["name"]: list(s["hidden"]) for s in config["specs"]},
+        **{k: legacy[k] for k in PRESET_FIELDS if legacy.get(k) is not None})
