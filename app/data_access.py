@@ -9,6 +9,7 @@ in a child process (:mod:`app.worker`).
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -228,10 +229,18 @@ class RunView:
     def analysed(self) -> bool:
         return any(k.startswith(UMAP_KEY) for k in self.mdata.obsm)
 
+    def held_out(self) -> tuple[np.ndarray, str]:
+        """(indices, words) of the cells quality is measured on: the test split when the run has one."""
+        if SPLIT_KEY in self.mdata.obs:
+            test = np.flatnonzero(self.mdata.obs[SPLIT_KEY].astype(str).to_numpy() == "test")
+            if test.size >= 2:
+                return test, f"{test.size:,} held-out test cells"
+        return np.arange(self.n_cells), f"all {self.n_cells:,} cells (the run has no test split)"
+
     # ----------------------------------------------------------- colours
     def obs_columns(self) -> list[str]:
         """obs columns offered as colours (cluster first)."""
-        cols = [str(c) for c in self.mdata.obs.columns if c not in HIDDEN_OBS and ":" not in str(c)]
+        cols = [str(c) for c in self.mdata.obs.columns if c not in HIDDEN_OBS]
         return sorted(cols, key=lambda c: (c != CLUSTER_KEY, c))
 
     def colour_options(self, search: str | None = None, limit: int = 60) -> list[dict]:
@@ -244,16 +253,58 @@ class RunView:
         opts = [{"label": ("cluster" if c == CLUSTER_KEY else c), "value": f"obs:{c}"}
                 for c in self.obs_columns()]
         opts += [{"label": f"latent z{d + 1}", "value": f"z:{d}"} for d in range(self.latent_dim)]
-        needle = (search or "").lower()
+        needle = (search or "").strip().lower()
+        if not needle:
+            for m in self.modalities:
+                opts += [{"label": f"{m}: {n}", "value": f"feat:{m}:{n}"} for n in list(self._feature_index[m])[:limit]]
+            return opts
+        opts = [o for o in opts if needle in o["label"].lower()]
+        n_hits = 0
         for m in self.modalities:
-            names = list(self._feature_index[m])
-            hits = [n for n in names if needle in n.lower()] if needle else names
-            if needle:
-                hits.sort(key=lambda n: (not n.lower().startswith(needle), len(n)))
+            hits = [n for n in self._feature_index[m] if needle in n.lower()]
+            # exact (any case) first, then prefixes, then the rest, shortest first
+            hits.sort(key=lambda n: (n.lower() != needle, not n.lower().startswith(needle), len(n), n))
+            n_hits += len(hits)
             opts += [{"label": f"{m}: {n}", "value": f"feat:{m}:{n}"} for n in hits[:limit]]
-        if needle:
-            opts = [o for o in opts if needle in o["label"].lower()]
+        shown = {o["value"] for o in opts}
+        opts += [{"label": f"{m}: {n} (close match)", "value": f"feat:{m}:{n}"}
+                 for m, n in self.close_features(search) if f"feat:{m}:{n}" not in shown]
+        if not n_hits:
+            opts.insert(0, {"label": f"{search.strip()[:60]}: not a feature of this run", "disabled": True,
+                            "value": f"missing:{search.strip()[:60]}"})
         return opts
+
+    def close_features(self, name: str, n: int = 8) -> list[tuple[str, str]]:
+        """(modality, feature) pairs close to ``name``: same name in another case, then fuzzy matches."""
+        wanted = str(name).strip().lower()
+        found = [(m, f) for m in self.modalities for f in self._feature_index[m] if f.lower() == wanted]
+        for m in self.modalities:
+            lower = {f.lower(): f for f in self._feature_index[m]}
+            found += [(m, lower[c]) for c in difflib.get_close_matches(wanted, list(lower), n=n, cutoff=0.7)
+                      if (m, lower[c]) not in found]
+        return found[:n]
+
+    def colour_problem(self, spec: str) -> str | None:
+        """Why colour ``spec`` cannot be shown (None when it can), naming close matches for features."""
+        kind, _, rest = str(spec or "").partition(":")
+        if kind == "feat":
+            mod, _, feat = rest.partition(":")
+            if mod not in self._feature_index:
+                return f"{mod!r} is not a modality of this run (it has {', '.join(self.modalities)})"
+            if feat in self._feature_index[mod]:
+                return None
+            close = self.close_features(feat)
+            hint = f"; close matches: {', '.join(f'{m}:{f}' for m, f in close)}" if close else ""
+            return (f"{feat!r} is not among the {len(self._feature_index[mod]):,} {mod} features of this "
+                    f"run{hint}")
+        if kind == "z":
+            if rest.isdigit() and int(rest) < self.latent_dim:
+                return None
+            return f"latent dimension {rest!r} does not exist (this run has z1 to z{self.latent_dim})"
+        if kind == "obs":
+            return None if rest in self.obs_columns() else \
+                f"{rest!r} is not a cell annotation of this run (it has {', '.join(self.obs_columns())})"
+        return f"{str(spec)[:80]!r} is not a colour (use obs:<column>, z:<dim> or feat:<modality>:<feature>)"
 
     def _matrix(self, modality: str):
         if modality not in self._csc:

@@ -178,16 +178,17 @@ def traversal_bars(table: pd.DataFrame, title: str = "", n: int = 15) -> go.Figu
                         marker_color=colour, customdata=np.stack([part["rho"], part.get("pvalue", part["rho"] * np.nan)], axis=1),
                         hovertemplate="%{y}<br>log2 FC %{x:.2f}<br>rho %{customdata[0]:.2f}"
                                       "<br>p %{customdata[1]:.2g}<extra></extra>")
-    fig.update_yaxes(type="category", automargin=False)
+    fig.update_yaxes(type="category", automargin=True)  # long peak names widen the margin, never cut
     return fig
 
 
 def traversal_profile(profile: pd.DataFrame, z_sigma: float | None = None, title: str = "",
-                      log: bool = True) -> go.Figure:
+                      log: bool = True, occupied: tuple[float, float] | None = None) -> go.Figure:
     """Decoded mean of each feature along the traversal (``Traversal.profile`` output).
 
     ``profile`` has a ``z_sigma`` column plus one column per feature; a vertical
-    line marks the traversal value ``z_sigma`` chosen on the slider.
+    line marks the traversal value ``z_sigma`` chosen on the slider, and a
+    shaded band the range the cells occupy (``occupied``, in units of σ).
     """
     if profile is None or profile.empty or profile.shape[1] < 2:
         return empty("no features to show", height=400)
@@ -201,9 +202,17 @@ def traversal_profile(profile: pd.DataFrame, z_sigma: float | None = None, title
                         line={"color": PALETTE[i % len(PALETTE)]})
     if log:
         fig.update_yaxes(type="log")
-    if z_sigma is not None:
-        fig.update_layout(shapes=[traversal_marker(z_sigma)])
+    fig.update_layout(shapes=profile_shapes(z_sigma if z_sigma is not None else 0.0, occupied))
     return fig
+
+
+def profile_shapes(z_sigma: float, occupied: tuple[float, float] | None) -> list[dict]:
+    """The profile's shapes: the band the cells occupy (if known), then the traversal marker."""
+    band = [] if occupied is None else [{
+        "type": "rect", "xref": "x", "yref": "paper", "x0": float(occupied[0]), "x1": float(occupied[1]),
+        "y0": 0, "y1": 1, "fillcolor": "rgba(52, 73, 94, 0.12)", "line": {"width": 0}, "layer": "below",
+        "name": "cells (1st-99th percentile)"}]
+    return band + [traversal_marker(z_sigma)]
 
 
 def traversal_marker(z_sigma: float) -> dict:

@@ -346,6 +346,9 @@ def progress(run_dir: str | Path, record: dict | None = None) -> dict:
         and (run_dir / runfolder.RESULTS_FILE).is_file()
     state["status"], state["message"] = _stage(job, prog, record, state["has_model"])
     history = (prog or {}).get("history") or (config or {}).get("history") or []
+    if config is not None:  # what a finished run trained with (settings, cells), for estimates
+        state["options"] = config.get("settings") or state["options"]
+        state["n_train"] = config.get("n_train")
     state.update(history=history, analysed=runfolder.is_analysed(run_dir),
                  epoch=(prog or {}).get("epoch") or (history[-1]["epoch"] if history else 0),
                  epochs=(prog or {}).get("epochs") or len(history))

@@ -37,6 +37,7 @@ from app.pages import embeddings as embeddings_page
 from app.pages import generation as generation_page
 from app.pages import train as train_page
 from app.pages import traversal as traversal_page
+from app.pages.embeddings import not_shown
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -191,6 +192,9 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
         """Render the page of ``pathname`` for the run in the URL (or the picked / newest one)."""
         query = parse_query(search)
         path = pathname if pathname in page_modules else "/data"
+        notes = []
+        if pathname not in page_modules and pathname not in (None, "", "/"):
+            notes.append(not_shown(f"page {str(pathname)[:80]}", "there is no such page", "the Data page"))
         trig = dash.ctx.triggered_id
         if trig == "run-select":
             if not picked or (rendered or {}) == {"path": path, "run": picked}:
@@ -201,8 +205,13 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
         else:
             run = query.get("run") or picked or default_run(cfg)
         if data_access.resolve_run(cfg.runs_dir, run) is None:
-            run = default_run(cfg)
+            asked, run = run, default_run(cfg)
+            if asked and path in PAGE_QUERY:
+                notes.append(not_shown(f"run {str(asked)[:80]!r}", "there is no such run on this server",
+                                       f"the newest run, {run}" if run else "no run"))
         page = page_modules[path].layout(cfg, run, query)
+        if notes:
+            page = html.Div([*notes, page])
         return (page, (run if run != picked else no_update), {"path": path, "run": run},
                 run_options(cfg))
 

@@ -129,6 +129,7 @@ class SCMM:
                 raise ValueError(f"modality {n!r}: features differ from the model's")
         self.mdata = mdata
         train = (mdata.obs[SPLIT_KEY] == "train").to_numpy()
+        self.n_train = int(train.sum())
         self.median_library = {n: float(np.median(mdata.mod[n].obs[LIBRARY_KEY].to_numpy()[train]))
                                for n in self.names}
 
@@ -304,6 +305,7 @@ class SCMM:
             "posterior_scale": self.posterior_scale, "log_input": self.log_input,
             "specs": [s.to_dict() for s in self.specs], "feature_names": self.feature_names,
             "median_library": self.median_library, "settings": self.settings.to_dict(),
+            "n_train": getattr(self, "n_train", None),
             "train_config": getattr(self, "train_config", None), "status": self.status,
             "history": self.history,
         }
@@ -323,6 +325,8 @@ class SCMM:
                        for s in config["specs"]]
         model.feature_names = {k: list(v) for k, v in config["feature_names"].items()}
         model.median_library = {k: float(v) for k, v in config["median_library"].items()}
+        n_train = config.get("n_train")
+        model.n_train = n_train if isinstance(n_train, int) and not isinstance(n_train, bool) else None
         if config.get("train_config"):
             model.train_config = dict(config["train_config"])
         model.status = config.get("status", "untrained")

@@ -51,13 +51,21 @@ def test_colour_by_every_kind(view):
     gene = view.colour("feat:rna:G0003")
     assert gene["kind"] == "continuous" and gene["values"].shape == (view.n_cells,)
     assert (gene["values"] >= 0).all()
-    assert view.colour("feat:rna:NOPE")["label"] == "cluster"  # unknown -> the cluster
+    assert view.colour("feat:rna:NOPE")["label"] == "cluster"  # unknown -> the cluster, and the page says so:
+    assert "'NOPE' is not among the 60 rna features" in view.colour_problem("feat:rna:NOPE")
+    assert "close matches: rna:G0003" in view.colour_problem("feat:rna:g0003")
+    assert "z1 to z10" in view.colour_problem("z:99") and view.colour_problem("z:2") is None
 
 
 def test_colour_options_search(view):
     opts = view.colour_options("p0")
-    assert opts and all("p0" in o["label"].lower() for o in opts)
+    assert opts and all("p0" in o["label"].lower() or o["label"].endswith("(close match)") for o in opts)
     assert opts[0]["value"].startswith("feat:prot:P0")
+    typo = view.colour_options("G00o1")  # no feature contains it: said so, close matches offered
+    assert typo[0]["disabled"] and "not a feature of this run" in typo[0]["label"]
+    assert any(o["label"].endswith("(close match)") and o["value"].startswith("feat:rna:G00") for o in typo)
+    exact = view.colour_options("g0003")  # any case, the exact name first
+    assert exact[0]["value"] == "feat:rna:G0003"
     assert {"label": "cluster", "value": "obs:scmm_cluster"} in view.colour_options()
 
 
@@ -87,9 +95,11 @@ def test_traversal_page_slices_the_cache(view):
     assert set(table.direction) <= {"positive", "negative"} and len(table) > 0
     assert (table.pvalue < 1e-2).all()
     assert sum(len(t.y) for t in bars.data) <= 10
-    assert profile.layout.shapes[0].x0 == trav.steps[15]
+    band, marker = profile.layout.shapes  # where the cells lie (in sigma units), then the marker
+    assert (band.x0, band.x1) == tuple(trav.occupied[1] / trav.sigma[1]) and marker.x0 == trav.steps[15]
     ops = traversal.marker_patch(trav, 1, 3).to_plotly_json()["operations"]
-    assert ops[0]["params"]["value"][0]["x0"] == trav.steps[3]
+    assert ops[0]["params"]["value"][-1]["x0"] == trav.steps[3]
+    assert ops[0]["params"]["value"][0]["x0"] == band.x0
 
 
 def test_generation_panels(view):

@@ -86,6 +86,8 @@ def test_traversal_profile_marks_the_traversal_value():
     fig = figures.traversal_profile(profile, z_sigma=0.5)
     assert [t.name for t in fig.data] == ["A", "B"]
     assert fig.layout.shapes[0].x0 == 0.5
+    shaded = figures.traversal_profile(profile, z_sigma=0.5, occupied=(-0.4, 0.7))
+    assert [(s.x0, s.x1) for s in shaded.layout.shapes] == [(-0.4, 0.7), (0.5, 0.5)]
 
 
 def test_heatmaps_share_scale_and_row_order():

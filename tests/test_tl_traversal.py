@@ -151,3 +151,26 @@ def test_rna_atac_model_uses_kind_thresholds(tmp_path):
 def pd_index(names):
     import pandas as pd
     return pd.DataFrame(index=names)
+
+
+def test_dimension_overview_ranks_by_how_much_of_the_prior_the_cells_use():
+    from scmm.tl.traversal import Traversal, dimension_overview
+    rng = np.random.default_rng(0)
+    D, P, F = 3, 5, 4
+    steps = np.linspace(-2, 2, P)
+    sigma = np.array([1.0, 2.0, 1.0])
+    means = {"rna": rng.uniform(1, 2, (D, P, F))}
+    rho = {"rna": np.array([[0.9, -0.9, 0.1, 0.0]] * D)}
+    pval = {"rna": np.array([[1e-20, 1e-20, 0.5, 0.5], [1e-20, 0.5, 0.5, 0.5], [0.5] * 4])}
+    occupied = np.array([[-1.0, 1.0], [-0.5, 0.5], [-0.01, 0.01]])
+    edges = {"rna": rng.uniform(1, 2, (D, 2, F))}
+    trav = Traversal(steps, sigma, means, rho, pval, occupied, edges, {"rna": list("abcd")}, {"rna": "rna"},
+                     {"rna": 1e4})
+    latent = np.column_stack([rng.normal(0, 0.9, 500), rng.normal(0, 0.6, 500), rng.normal(0, 0.05, 500)])
+    table = dimension_overview(trav, latent)
+    assert list(table["dim"]) == [0, 1, 2]                        # strength 0.9, 0.3, 0.05
+    assert list(table["status"]) == ["active", "weak", "inactive"]
+    assert list(table["n_rna"]) == [2, 1, 0]
+    np.testing.assert_allclose(table["strength"], latent.std(axis=0) / sigma, rtol=1e-12)
+    with pytest.raises(ValueError, match="cells x 3"):
+        dimension_overview(trav, latent[:, :2])

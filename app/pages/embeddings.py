@@ -30,6 +30,12 @@ def no_run(message: str = "No trained run yet: train one on the Train page.") ->
     return dbc.Alert(message, color="info", id="no-run")
 
 
+def not_shown(asked: str, why: str, instead: str) -> dbc.Alert:
+    """The visible note of a request that cannot be honoured: what was asked, why, what is shown."""
+    return dbc.Alert([html.Strong(f"Cannot show {asked}: "), f"{why}. Showing {instead} instead."],
+                     color="warning", className="py-2 not-shown")
+
+
 def run_missing(cfg, run_id) -> html.Div:
     """Why run ``run_id`` cannot be shown: unreadable files (with the reason) or no run at all."""
     problem = data_access.run_problem(data_access.resolve_run(cfg.runs_dir, run_id))
@@ -46,14 +52,21 @@ def layout(cfg, run_id, query) -> html.Div:
         return run_missing(cfg, run_id)
     embeddings = view.embeddings()
     emb = query.get("emb") if query.get("emb") in embeddings else next(iter(embeddings), None)
-    colour = query.get("color") or "obs:scmm_cluster"
-    options = view.colour_options()
-    if colour not in [o["value"] for o in options]:
-        spec = view.colour(colour)
-        options.append({"label": spec["label"], "value": colour})
+    default = f"obs:{view.obs_columns()[0]}" if view.obs_columns() else "z:0"
+    colour = query.get("color") or default
     note = [] if view.analysed else [dbc.Alert(
         "This run is not analysed yet (no UMAPs or clusters): showing latent dimensions 1 and 2. "
         "Run `scmm analyze RUN` or train from this app.", color="warning", className="py-2")]
+    problem = view.colour_problem(colour)
+    if problem:
+        note.append(not_shown(f"colour {colour}", problem, f"coloured by {view.colour(default)['label']}"))
+        colour = default
+    asked = query.get("emb")
+    if asked and asked not in embeddings:
+        note.append(not_shown(f"embedding {asked}", f"this run has {', '.join(embeddings)}", f"the {emb} embedding"))
+    options = view.colour_options()
+    if colour not in [o["value"] for o in options]:
+        options.append({"label": view.colour(colour)["label"], "value": colour})
     controls = dbc.Card(dbc.CardBody([
         dbc.Label("Embedding"),
         dbc.RadioItems(id="emb-key", options=[{"label": k, "value": k} for k in embeddings],

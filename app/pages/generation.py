@@ -19,7 +19,7 @@ from scmm import runfolder
 from scmm.normalise import lognorm
 
 from app import components, data_access, figures, processes
-from app.pages.embeddings import run_missing
+from app.pages.embeddings import not_shown, run_missing
 
 
 def _view(cfg, run_id):
@@ -48,6 +48,8 @@ def layout(cfg, run_id, query) -> html.Div:
         return run_missing(cfg, run_id)
     mods = view.modalities
     target = query.get("target") if query.get("target") in mods else (mods[-1] if mods else None)
+    notes = [] if "target" not in query or query["target"] in mods else \
+        [not_shown(f"modality {query['target']!r}", f"this run has {', '.join(mods)}", target)]
     datasets = data_access.list_datasets(cfg.data_dir)
     query_card = dbc.Card([dbc.CardHeader("Predict for a query dataset with one modality"), dbc.CardBody([
         dbc.Row([
@@ -65,16 +67,17 @@ def layout(cfg, run_id, query) -> html.Div:
     return html.Div([
         dcc.Store(id="gen-run", data=view.id),
         html.H3(["Cross-modal generation ", html.Small(view.id, className="text-muted")]),
+        *notes,
         dbc.Row([
             dbc.Col([dbc.Label("Modality shown"),
                      dbc.RadioItems(id="gen-target", options=[{"label": m, "value": m} for m in mods],
                                     value=target, inline=True)], md=4),
             dbc.Col(html.Div(id="gen-similarity"), md=8),
         ], className="mb-2"),
-        components.figure_card("heatmaps", None, "Cluster x feature (z-scored)"),
+        components.figure_card("heatmaps", None, "Cluster x feature (z-scored), all cells: training and test"),
         dbc.Row([
-            dbc.Col(components.figure_card("pred-obs", None, "Generated vs original (cluster x feature)"), md=6),
-            dbc.Col(components.figure_card("pred-cells", None, "Predicted vs observed per cell", extra=[
+            dbc.Col(components.figure_card("pred-obs", None, "Generated vs original (cluster x feature, all cells)"), md=6),
+            dbc.Col(components.figure_card("pred-cells", None, "Predicted vs observed per cell (held-out test cells)", extra=[
                 dbc.Row([
                     dbc.Col(dcc.Dropdown(id="gen-cell-feature", placeholder="feature"), md=6),
                     dbc.Col(dbc.Button("Predict per cell", id="gen-cells-run", size="sm",
@@ -125,12 +128,24 @@ def check_direction(view, target, source) -> str | None:
     return None
 
 
-def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: Path | None = None,
-                timeout: float = 900, on_wait=None) -> str | None:
-    """``python -m scmm predict`` in a child process and a work slot; returns an error message or None.
+def library_warnings(stderr: str) -> list[str]:
+    """The warnings a child's ``scmm`` raised (``...: UserWarning: text`` lines), in order, once each."""
+    found = []
+    for line in stderr.splitlines():
+        _, sep, text = line.partition("Warning: ")
+        if sep and text.strip() and text.strip() not in found:
+            found.append(text.strip())
+    return found
 
-    The prediction is written to a temporary name and renamed into ``out``
-    only when complete.
+
+def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: Path | None = None,
+                timeout: float = 900, on_wait=None) -> tuple[str | None, list[str]]:
+    """``python -m scmm predict`` in a child process and a work slot: (error message or None, warnings).
+
+    The warnings are those the library raised (missing features filled with
+    zeros, dropped cells...), for the page to show beside the result.  The
+    prediction is written to a temporary name and renamed into ``out`` only
+    when complete.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
@@ -142,16 +157,25 @@ def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: 
         with processes.work_slot(cfg.slots_dir, cfg.work_slots, wait=300, on_wait=on_wait):
             proc = processes.run_child(cmd, timeout)
     except processes.Busy as err:
-        return str(err)
+        return str(err), []
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
-        return f"the prediction took longer than {timeout:.0f} s"
+        return f"the prediction took longer than {timeout:.0f} s", []
+    warned = library_warnings(proc.stderr)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        return lines[-1][:500] if lines else f"exit code {proc.returncode}"
+        return (lines[-1][:500] if lines else f"exit code {proc.returncode}"), warned
     tmp.replace(out)
-    return None
+    return None, warned
+
+
+def warnings_alert(warned: list[str], id: str):
+    """The library's warnings as one alert (nothing when there were none)."""
+    if not warned:
+        return None
+    return dbc.Alert([html.Strong("The library warned: "), html.Ul([html.Li(w) for w in warned], className="mb-0")],
+                     color="warning", className="py-1 mt-2", id=id)
 
 
 def cell_scatter(view, pred_file: Path, target: str, source: str, feature: str):
@@ -164,9 +188,11 @@ def cell_scatter(view, pred_file: Path, target: str, source: str, feature: str):
     j = int(np.flatnonzero(pred.var_names == feature)[0])
     predicted = lognorm(X)[:, j]
     observed = view.feature_values(target, feature)
-    return figures.predicted_vs_observed(observed, predicted, label=f"{target}:{feature} from {source}",
+    cells, which = view.held_out()
+    return figures.predicted_vs_observed(observed[cells], predicted[cells],
+                                         label=f"{target}:{feature} from {source}, {which}",
                                          xlabel="observed log-normalised", ylabel="predicted log-normalised",
-                                         text=view.cell_ids)
+                                         text=view.cell_ids[cells])
 
 
 def register(app, cfg) -> None:
@@ -241,7 +267,7 @@ def register(app, cfg) -> None:
         if not path.exists():
             if not n:
                 return figures.empty("press 'Predict per cell'", height=460)
-            error = run_predict(cfg, view.path, target, source, path)
+            error, _ = run_predict(cfg, view.path, target, source, path)
             if error:
                 return figures.empty(f"prediction failed: {error}", height=460)
         return cell_scatter(view, path, target, source, feature)
@@ -281,8 +307,12 @@ def register(app, cfg) -> None:
             return no_update, dbc.Alert(problem, color="warning", className="py-1", id="gen-query-error")
         name = f"query_{components.safe_name(Path(query).stem, 60)}_{target}_from_{source}.csv"
         out = view.path / runfolder.PREDICTIONS_DIR / name
-        error = run_predict(cfg, view.path, target, source, out, query=query_path)
+        error, warned = run_predict(cfg, view.path, target, source, out, query=query_path)
         if error:
-            return no_update, dbc.Alert(error, color="danger", className="py-1", id="gen-query-error")
+            return no_update, [dbc.Alert(error, color="danger", className="py-1", id="gen-query-error"),
+                               warnings_alert(warned, "gen-query-warnings")]
+        done = f"predicted {target} from {source} for {data_access.dataset_label(cfg.data_dir, query)}"
+        if warned:
+            done += " — on partly missing input, see the warnings"
         return dcc.send_file(str(out), filename=f"{view.id}_{name}"), \
-            f"predicted {target} from {source} for {data_access.dataset_label(cfg.data_dir, query)}"
+            [html.Span(done, id="gen-query-done"), warnings_alert(warned, "gen-query-warnings")]

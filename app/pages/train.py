@@ -49,6 +49,51 @@ def form_settings(preset, latent, epochs, lr) -> Settings:
         raise ValueError(str(err)) from None
 
 
+def measured_step_seconds(cfg) -> tuple[float, str] | None:
+    """Seconds per optimiser step of the newest finished run on this server (and its name).
+
+    From the run's own history (seconds per epoch) and settings (batch size,
+    training cells); None before any run has finished here.
+    """
+    for run in jobs.list_runs(cfg.runs_dir, cfg.queue):
+        history = [h for h in run["history"] if isinstance(h.get("seconds"), (int, float))]
+        batch, n_train = run["options"].get("batch_size"), run.get("n_train")
+        if run["status"] == "done" and history and all(isinstance(v, int) and v > 0 for v in (batch, n_train)):
+            steps = max(1, n_train // batch)
+            return sum(h["seconds"] for h in history) / (len(history) * steps), run["run"]
+    return None
+
+
+def plan_text(cfg, dataset_id, settings: Settings) -> list:
+    """Planned epochs and steps for the dataset (from its cached summary), and an estimated duration."""
+    path = data_access.resolve_dataset(cfg.data_dir, dataset_id)
+    if path is None:
+        return []
+    summary = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots)
+    if not summary.get("ok"):
+        return [html.Span("cannot plan: the dataset does not read (see the Data page)", className="text-danger")]
+    n_cells = int(summary["summary"]["n_cells"])
+    resolved = settings.resolve(summary.get("kinds") or {})
+    n_train = int(round(n_cells * (1 - resolved.test_fraction)))
+    epochs = resolved.planned_epochs(n_train)
+    steps = epochs * max(1, n_train // resolved.batch_size)
+    text = (f"Plan: {n_cells:,} cells ({n_train:,} for training) · preset {resolved.preset} · "
+            f"up to {epochs:,} epochs = {steps:,} optimiser steps of {resolved.batch_size} cells "
+            "(early stopping may end it sooner)")
+    measured = measured_step_seconds(cfg)
+    if measured:
+        seconds, run = measured
+        text += f" · about {steps * seconds / 60:,.1f} min at the speed measured on {run}"
+    else:
+        text += " · no training measured on this server yet, so no time estimate"
+    out = [html.Span(text, id="train-plan-text")]
+    if n_cells < 1000:
+        out.append(dbc.Alert(f"Only {n_cells:,} cells: with fewer than 1,000 cells the test split "
+                             f"({n_cells - n_train:,} cells) is small and results are unreliable.",
+                             color="warning", className="py-1 mt-1 mb-0", id="train-small-data"))
+    return out
+
+
 def active_job(cfg) -> str | None:
     """The id of the newest job still queued or running (to follow it when the page opens)."""
     for record in reversed(cfg.queue.records()):
@@ -82,6 +127,7 @@ def layout(cfg, run_id, query) -> html.Div:
                   dbc.Button("Cancel", id="train-cancel", color="danger", outline=True, disabled=not active)],
                  className="mt-3"),
         html.Div(id="train-cancel-msg", className="small text-muted mt-2"),
+        html.Div(id="train-plan", className="small mt-2"),
     ]))
     monitor = dbc.Card(dbc.CardBody([
         html.Div(id="train-stage", className="mb-1 fw-semibold", children="no job running"),
@@ -228,6 +274,16 @@ def register(app, cfg) -> None:
         if not job_id:
             return "no job to cancel"
         return cfg.queue.cancel(job_id)
+
+    @app.callback(Output("train-plan", "children"), Input("train-data", "value"), Input("train-preset", "value"),
+                  Input("train-latent", "value"), Input("train-epochs", "value"), Input("train-lr", "value"))
+    def plan(dataset_id, preset, latent, epochs, lr):
+        """Planned epochs / steps and the estimated duration, before the user starts."""
+        try:
+            settings = form_settings(preset, latent, epochs, lr)
+        except ValueError as err:
+            return html.Span(str(err), className="text-danger")
+        return plan_text(cfg, dataset_id, settings)
 
     def loss_figure(job_id):
         state = job_state(cfg, job_id)

@@ -12,10 +12,14 @@ import math
 from urllib.parse import urlencode
 
 import dash_bootstrap_components as dbc
+import pandas as pd
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
+from scmm.runfolder import LATENT_KEY
+from scmm.tl.traversal import dimension_overview
+
 from app import components, data_access, figures
-from app.pages.embeddings import no_run, run_missing
+from app.pages.embeddings import no_run, not_shown, run_missing
 
 N_PROFILE = 6
 TABLE_ROWS = 20
@@ -34,14 +38,29 @@ def layout(cfg, run_id, query) -> html.Div:
     if trav is None:
         return no_run(f"Run {view.id} has no traversal yet: run `scmm analyze` on it "
                       "(training from this app does it for you).")
-    dim = int(query["dim"]) if query.get("dim", "").isdigit() and int(query["dim"]) < trav.n_dims else 0
-    mod = query.get("mod") if query.get("mod") in trav.modalities else trav.modalities[0]
+    notes = []
+    dim, mod = 0, trav.modalities[0]
+    if "dim" in query:
+        if query["dim"].isdigit() and int(query["dim"]) < trav.n_dims:
+            dim = int(query["dim"])
+        else:
+            notes.append(not_shown(f"dimension {query['dim']!r}", f"dimensions are 0 to {trav.n_dims - 1} "
+                                   f"(z1 to z{trav.n_dims}) in this run", "z1"))
+    if "mod" in query:
+        if query["mod"] in trav.modalities:
+            mod = query["mod"]
+        else:
+            notes.append(not_shown(f"modality {query['mod']!r}", f"this run has {', '.join(trav.modalities)}", mod))
     steps = trav.steps
     default_p = {m: -math.log10(p) for m, p in trav.pvalues.items()}
+    overview = view_overview(view, trav)
+    status = dict(zip(overview["dim"], overview["status"])) if overview is not None else {}
     controls = dbc.Card(dbc.CardBody([
         dbc.Label("Latent dimension"),
         dcc.Slider(id="trav-dim", min=0, max=trav.n_dims - 1, step=1, value=dim,
-                   marks={d: f"z{d + 1}" for d in range(trav.n_dims)}, allow_direct_input=False),
+                   marks={d: f"z{d + 1}" + {"weak": "·", "inactive": "∅"}.get(status.get(d), "")
+                          for d in range(trav.n_dims)}, allow_direct_input=False),
+        html.Div("· weak, ∅ inactive (see All dimensions)", className="small text-muted"),
         dbc.Label("Traversal value (prior s.d.)", className="mt-2"),
         dcc.Slider(id="trav-step", min=0, max=len(steps) - 1, step=1, value=len(steps) // 2,
                    marks={i: f"{s:g}" for i, s in enumerate(steps) if float(s).is_integer()},
@@ -63,6 +82,7 @@ def layout(cfg, run_id, query) -> html.Div:
         dcc.Store(id="trav-run", data=view.id),
         dcc.Store(id="trav-defaults", data=default_p),
         html.H3(["Latent traversal ", html.Small(view.id, className="text-muted")]),
+        *notes,
         dbc.Row([
             dbc.Col(controls, md=3),
             dbc.Col(components.figure_card("traversal-bars", None, "Associated features",
@@ -72,8 +92,38 @@ def layout(cfg, run_id, query) -> html.Div:
                     md=4),
         ]),
         dbc.Card([dbc.CardHeader(["Associated features", components.csv_button("associated")]),
-                  dbc.CardBody(html.Div(id="trav-table"))]),
+                  dbc.CardBody(html.Div(id="trav-table"))], className="mb-3"),
+        dbc.Card([dbc.CardHeader("All dimensions, strongest first"),
+                  dbc.CardBody(overview_view(overview, trav.modalities))]),
     ])
+
+
+def view_overview(view, trav):
+    """:func:`scmm.tl.traversal.dimension_overview` for the run (None without a joint latent)."""
+    if LATENT_KEY not in view.mdata.obsm:
+        return None
+    latent = view.mdata.obsm[LATENT_KEY]
+    if latent.shape[1] != trav.n_dims:
+        return None
+    return dimension_overview(trav, latent)
+
+
+def overview_view(overview, modalities) -> html.Div:
+    """The dimensions table: prior and cells' spread, strength, status, associated features per modality."""
+    if overview is None:
+        return html.Div("no joint latent in this run's results", className="text-muted small")
+    shown = pd.DataFrame({
+        "dimension": [f"z{d + 1}" for d in overview["dim"]], "status": overview["status"],
+        "cells' s.d. / prior s.d.": overview["strength"].map(lambda v: f"{v:.2f}"),
+        "cells occupy": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(overview["low"], overview["high"])],
+        **{f"{m}: associated (max |log2 FC|)": [f"{n} ({fc:.2f})" for n, fc in
+                                               zip(overview[f"n_{m}"], overview[f"max_fc_{m}"])]
+           for m in modalities}})
+    return html.Div([html.P("Weak: the cells spread over less than half the prior s.d.; inactive: less than "
+                            "a tenth (the model does not use the dimension). Features associated with a weak "
+                            "dimension change little over the range the cells occupy.",
+                            className="small text-muted"),
+                     components.table(shown, max_rows=256, id="trav-overview")])
 
 
 def associated(trav, dim: int, mod: str, logp: float | None):
@@ -86,12 +136,15 @@ def traversal_figures(trav, dim: int, step: int, mod: str, logp, n: int):
     """(bars, profile, table) for one slider position; array slicing only, no decoding."""
     table = associated(trav, dim, mod, logp)
     n = min(100, max(1, int(n or 15)))
-    bars = figures.traversal_bars(table, title=f"z{dim + 1} · {mod}: {len(table)} associated", n=n)
+    bars = figures.traversal_bars(table, n=n, title=f"z{dim + 1} · {mod}: {len(table)} associated "
+                                  f"(the top {n} of each direction drawn)")
+    occupied = tuple(trav.occupied[int(dim)] / trav.sigma[int(dim)])
     top = list(table[table.direction == "positive"].feature[:N_PROFILE // 2]) + \
         list(table[table.direction == "negative"].feature[:N_PROFILE // 2])
     profile = trav.profile(int(dim), mod, top) if top else None
     z = float(trav.steps[int(step)])
-    prof = figures.traversal_profile(profile, z_sigma=z, title=f"z{dim + 1} = {z:g} σ")
+    prof = figures.traversal_profile(profile, z_sigma=z, occupied=occupied,
+                                     title=f"z{dim + 1} = {z:g} σ (shaded: where the cells lie)")
     return bars, prof, table
 
 
@@ -117,8 +170,8 @@ def marker_patch(trav, dim: int, step: int) -> Patch:
     """Move the profile's traversal marker to grid point ``step`` (nothing else is sent)."""
     z = float(trav.steps[int(step)])
     patch = Patch()
-    patch["layout"]["shapes"] = [figures.traversal_marker(z)]
-    patch["layout"]["title"]["text"] = f"z{int(dim) + 1} = {z:g} σ"
+    patch["layout"]["shapes"] = figures.profile_shapes(z, tuple(trav.occupied[int(dim)] / trav.sigma[int(dim)]))
+    patch["layout"]["title"]["text"] = f"z{int(dim) + 1} = {z:g} σ (shaded: where the cells lie)"
     return patch
 
 
@@ -151,7 +204,8 @@ def register(app, cfg) -> None:
         link = lambda row: "/embeddings?" + urlencode({"run": run_id, "color": f"feat:{mod}:{row['feature']}"})
         shown = table.drop(columns=["mean_low", "mean_high"], errors="ignore")
         return (bars, prof, components.table(shown, TABLE_ROWS, link=link, id="trav-features"),
-                f"{n_pos} positive, {len(table) - n_pos} negative at p < 10^-{logp}",
+                f"{n_pos} positive, {len(table) - n_pos} negative at p < 10^-{logp}; the table lists the "
+                f"first {min(TABLE_ROWS, len(table))} of {len(table)} (CSV: all)",
                 {"dim": dim, "mod": mod})
 
     @app.callback(Output(components.graph_id("traversal-profile"), "figure", allow_duplicate=True),

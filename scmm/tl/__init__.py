@@ -24,7 +24,7 @@ _HOME = {
     "batch_mixing_entropy": "metrics", "clr": "metrics", "clr_sse": "metrics",
     "pearson_per_cell": "metrics", "pearson_per_feature": "metrics", "query_metrics": "metrics",
     "DEFAULT_PVALUES": "traversal", "Traversal": "traversal", "spearman_rows": "traversal",
-    "traverse": "traversal",
+    "traverse": "traversal", "dimension_overview": "traversal",
 }
 __all__ = sorted(_HOME) + ["load_heatmap_tables"]
 

@@ -323,3 +323,37 @@ def traverse(model, run_dir: str | Path | None = None, span: float = 5.0, step: 
     if cache is not None:
         trav.save(cache)
     return trav
+
+
+#: a dimension whose cells spread less than these fractions of the prior s.d. is weak / inactive
+WEAK_STRENGTH, INACTIVE_STRENGTH = 0.5, 0.1
+
+
+def dimension_overview(trav: Traversal, latent, pvalues: dict | None = None) -> pd.DataFrame:
+    """One row per latent dimension, strongest first: how much of its prior the cells use.
+
+    ``latent`` (cells x D) is the joint latent the traversal was made for.
+    Columns: ``dim`` (0-based), ``prior_sd`` (σ_d), ``cells_sd`` (s.d. of the
+    cells on d), ``strength`` (their ratio), ``low`` / ``high`` (1st / 99th
+    percentile the cells occupy), ``status`` (``active``; ``weak`` below
+    :data:`WEAK_STRENGTH`; ``inactive`` below :data:`INACTIVE_STRENGTH`, the
+    "active units" rule of Burda et al. on the s.d.), and per modality ``m``
+    the number of associated features (``n_<m>``) and the largest |log2 FC|
+    among them over the occupied range (``max_fc_<m>``).
+    """
+    latent = np.asarray(latent, dtype=np.float64)
+    if latent.ndim != 2 or latent.shape[1] != trav.n_dims:
+        raise ValueError(f"latent must be cells x {trav.n_dims}, got {latent.shape}")
+    cells_sd = latent.std(axis=0)
+    strength = np.divide(cells_sd, trav.sigma, out=np.zeros_like(cells_sd), where=trav.sigma > 0)
+    table = pd.DataFrame({"dim": np.arange(trav.n_dims), "prior_sd": trav.sigma, "cells_sd": cells_sd,
+                          "strength": strength, "low": trav.occupied[:, 0], "high": trav.occupied[:, 1]})
+    table["status"] = np.where(strength < INACTIVE_STRENGTH, "inactive",
+                               np.where(strength < WEAK_STRENGTH, "weak", "active"))
+    for m in trav.modalities:
+        threshold = (pvalues or {}).get(m, trav.pvalues[m])
+        significant = trav.pvalue[m] < threshold
+        table[f"n_{m}"] = significant.sum(axis=1)
+        fc = np.where(significant, np.abs(trav.log2_fc[m]), 0.0)
+        table[f"max_fc_{m}"] = fc.max(axis=1) if fc.shape[1] else 0.0
+    return table.sort_values("strength", ascending=False, kind="stable").reset_index(drop=True)

@@ -96,10 +96,10 @@ def pick_option(dash_duo, css: str, text: str) -> None:
     raise AssertionError(f"no option {text!r} in {css}")
 
 
-def write_query(demo: Path, out: Path, n_cells: int) -> None:
-    """A one-modality query: the first ``n_cells`` cells of the demo's RNA, as .h5ad."""
+def write_query(demo: Path, out: Path, n_cells: int, n_genes: int) -> None:
+    """A one-modality query: the first ``n_cells`` cells and ``n_genes`` genes of the demo's RNA, as .h5ad."""
     import mudata as md
-    md.read_h5mu(demo).mod["rna"][:n_cells].copy().write_h5ad(out)
+    md.read_h5mu(demo).mod["rna"][:n_cells, :n_genes].copy().write_h5ad(out)
 
 
 def severe_logs(dash_duo) -> list:
@@ -195,7 +195,7 @@ def test_full_flow(dash_duo, tmp_path, shots):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # 6. Upload a one-modality query (streamed to the server under a name it chooses)
-    write_query(data_dir / "demo.h5mu", tmp_path / "query_rna.h5ad", n_cells=100)
+    write_query(data_dir / "demo.h5mu", tmp_path / "query_rna.h5ad", n_cells=100, n_genes=1500)
     visit(dash_duo, "/data")
     dash_duo.wait_for_element("#data-upload-input", timeout=30).send_keys(str(tmp_path / "query_rna.h5ad"))
     dash_duo.wait_for_contains_text("#upload-ok", "query_rna.h5ad", timeout=60)
@@ -212,5 +212,14 @@ def test_full_flow(dash_duo, tmp_path, shots):
     click(dash_duo, "#gen-query-run")
     predicted = wait_for_download(dash_duo.download_path, "_prot_from_rna.csv", timeout=120)
     assert len(predicted.read_text().strip().splitlines()) == 100 + 1
+    # the query lacks 500 of the 2,000 training genes: the library's warning is on the page
+    dash_duo.wait_for_contains_text("#gen-query-warnings", "500 of 2000 training features are missing", timeout=30)
+    assert "partly missing input" in dash_duo.find_element("#gen-query-done").text
+
+    # 8. What cannot be shown is said: an unknown gene in the URL, an unknown page
+    visit(dash_duo, "/embeddings", run=run_id, color="feat:rna:NOTAGENE")
+    dash_duo.wait_for_contains_text(".not-shown", "'NOTAGENE' is not among", timeout=30)
+    visit(dash_duo, "/nosuchpage")
+    dash_duo.wait_for_contains_text(".not-shown", "there is no such page", timeout=30)
 
     assert severe_logs(dash_duo) == []
