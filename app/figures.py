@@ -16,8 +16,27 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from scmm.tl.metrics import pearson
 
-#: categorical palette (cycled): plotly's D3 + Alphabet, readable on white
+#: categorical palette of the other figures (lines, bars): plotly's D3 + Alphabet, readable on white
 PALETTE = qualitative.D3 + qualitative.Alphabet
+
+
+def distinct_colours(k: int) -> list[str]:
+    """``k`` colours that stay distinguishable: D3 up to 10, Dark24 up to 24, then generated.
+
+    Beyond 24, hues step by the golden angle while lightness and saturation
+    cycle through three levels, so neighbouring groups never share a shade.
+    """
+    if k <= 10:
+        return list(qualitative.D3[:max(k, 1)])
+    if k <= 24:
+        return list(qualitative.Dark24[:k])
+    out = []
+    for i in range(k):
+        hue = (i * 137.508) % 360
+        light = (45, 62, 33)[i % 3]
+        sat = (80, 60, 70)[(i // 3) % 3]
+        out.append(f"hsl({hue:.0f},{sat}%,{light}%)")
+    return out
 CONTINUOUS = "Viridis"
 DIVERGING = "RdBu_r"
 POS_COLOUR, NEG_COLOUR = "#c0392b", "#2e64b4"
@@ -92,7 +111,7 @@ def colour_spec(values, kind: str, label: str, categories=None, palette=None) ->
     if kind == "categorical":
         categories = [str(c) for c in (categories if categories is not None else np.unique(values))]
         k = max(len(categories), 1)
-        colours = list(palette or PALETTE)
+        colours = list(palette or distinct_colours(k))
         scale = []
         for i in range(k):
             c = colours[i % len(colours)]
@@ -105,6 +124,9 @@ def colour_spec(values, kind: str, label: str, categories=None, palette=None) ->
         names = np.asarray(categories + ["NA"], dtype=object)
         custom = names[np.where(codes < 0, k, codes)].astype(str)
         hover = f"%{{text}}<br>{label}: %{{customdata}}<extra></extra>"
+        spec_colours = [colours[i % len(colours)] for i in range(len(categories))]
+        return {"marker": marker, "customdata": custom, "hovertemplate": hover,
+                "groups": list(zip(categories, spec_colours))}
     else:
         vals = np.asarray(values, dtype=np.float32)
         finite = vals[np.isfinite(vals)]
@@ -121,14 +143,31 @@ def colour_spec(values, kind: str, label: str, categories=None, palette=None) ->
     return {"marker": marker, "customdata": custom, "hovertemplate": hover}
 
 
+def group_labels(xy, codes, categories, max_groups: int = 60) -> list[dict]:
+    """Annotations naming each group at the median position of its cells (none past ``max_groups``)."""
+    codes = np.asarray(codes)
+    if len(categories) > max_groups:
+        return []
+    out = []
+    for i, name in enumerate(categories):
+        where = codes == i
+        if where.any():
+            x, y = np.median(xy[where], axis=0)
+            out.append({"x": float(x), "y": float(y), "text": str(name), "showarrow": False,
+                        "font": {"size": 11, "color": "#111"}, "bgcolor": "rgba(255,255,255,0.6)"})
+    return out
+
+
 def embedding(xy, spec: dict, cell_ids, title: str = "", axis_names=("UMAP1", "UMAP2"),
-              selected=None, uirevision: str | None = None) -> go.Figure:
+              selected=None, uirevision: str | None = None, labels: list[dict] | None = None) -> go.Figure:
     """A WebGL scatter of a 2-D embedding coloured by ``spec`` (from :func:`colour_spec`).
 
     ``cell_ids`` become the hover text; ``selected`` (indices) are drawn on top
-    as open circles.  Lasso and box select are the default drag modes.
+    as open circles; ``labels`` (from :func:`group_labels`) name the groups on
+    the plot.  Lasso and box select are the default drag modes.
     """
     xy = np.asarray(xy, dtype=np.float32)
+    spec = {k: v for k, v in spec.items() if k != "groups"}
     trace = go.Scattergl(x=typed(xy[:, 0]), y=typed(xy[:, 1]), mode="markers", name="cells",
                          text=np.asarray(cell_ids, dtype=str), showlegend=False, **spec)
     fig = go.Figure(trace)
@@ -142,7 +181,8 @@ def embedding(xy, spec: dict, cell_ids, title: str = "", axis_names=("UMAP1", "U
                       margin={"l": 40, "r": 10, "t": 50, "b": 40}, hovermode="closest",
                       uirevision=uirevision or title,
                       xaxis={"title": axis_names[0], "showgrid": False, "zeroline": False},
-                      yaxis={"title": axis_names[1], "showgrid": False, "zeroline": False})
+                      yaxis={"title": axis_names[1], "showgrid": False, "zeroline": False},
+                      annotations=labels or [])
     return fig
 
 
@@ -155,6 +195,12 @@ def recolour(patch, spec: dict):
     patch["data"][0]["customdata"] = spec["customdata"]
     patch["data"][0]["hovertemplate"] = spec["hovertemplate"]
     return patch
+
+
+def group_opacity(codes, shown: set[int]) -> dict:
+    """Per-cell marker opacity: 1 for cells of the ``shown`` group codes, 0 for the hidden ones."""
+    codes = np.asarray(codes)
+    return typed(np.isin(codes, list(shown)).astype(np.float32))
 
 
 # ---------------------------------------------------------------- traversal
@@ -293,9 +339,15 @@ def for_export(fig: go.Figure) -> go.Figure:
     return go.Figure(data=data, layout=out.layout)
 
 
-def to_image(fig, fmt: str = "png", scale: float = 2.0) -> bytes:
-    """``fig`` (a Figure or its dict) rendered by kaleido as png / svg / pdf bytes."""
+def to_image(fig, fmt: str = "png", scale: float = 2.0, width: int | None = None,
+             height: int | None = None, run_id: str | None = None) -> bytes:
+    """``fig`` (a Figure or its dict) exported for publication as png / svg / pdf bytes.
+
+    Rendered by the process's warm kaleido with every tick label and vector
+    heatmaps (see :func:`app.export.render`); ``width`` / ``height`` default
+    to the figure's own size (1000 px wide when it has none).
+    """
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"format must be png, svg or pdf, not {fmt!r}")
-    fig = go.Figure(fig) if not isinstance(fig, go.Figure) else fig
-    return for_export(fig).to_image(format=fmt, scale=scale if fmt == "png" else 1)
+    from app import export
+    return export.render(fig, fmt, width, height, scale, run_id=run_id)

@@ -141,7 +141,7 @@ def cmd_summarize(args) -> int:
         from scmm.presets import DEFAULT_LIKELIHOOD
         mdata = scmm.read(*args.path.split(","))
         summary = scmm.io.summarize(mdata)
-        kinds = {m: modality_kind(m) for m in mdata.mod}
+        kinds = {m: modality_kind(m, mdata.mod[m]) for m in mdata.mod}
         out = {"ok": True, "summary": summary, "kinds": kinds,
                "likelihoods": {m: DEFAULT_LIKELIHOOD[k] for m, k in kinds.items()},
                "obs_columns": [str(c) for c in mdata.obs.columns]}

@@ -19,10 +19,11 @@ import mudata as _mudata
 _mudata.set_options(pull_on_update=False)
 
 from . import demo  # noqa: E402
-from .io import ReadError, read, read_query  # noqa: E402
+from .io import ReadError, read, read_mtx, read_query, read_table  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 
-__all__ = ["SCMM", "ReadError", "datasets", "demo", "pl", "preprocess", "read", "read_query", "tl", "__version__"]
+__all__ = ["SCMM", "ReadError", "datasets", "demo", "pl", "preprocess", "read", "read_mtx", "read_query",
+           "read_table", "tl", "__version__"]
 
 
 def __getattr__(name: str):

@@ -93,7 +93,7 @@ def cmd_train(args) -> int:
         history = read_checkpoint(checkpoint, map_location="cpu", mmap=True)["meta"]["history"]
 
     import scmm
-    mdata = scmm.read(*args.data.split(","))
+    mdata = scmm.io.read_modalities(args.data, args.modality)
     scmm.preprocess(mdata, n_top_genes=settings.n_top_genes, peak_fraction=settings.peak_fraction,
                     test_fraction=settings.test_fraction, seed=settings.seed)
     model = scmm.SCMM(mdata, settings=settings, device=args.device)
@@ -119,8 +119,9 @@ def cmd_train(args) -> int:
     except BaseException as err:
         progress.write(status="failed", message=f"{type(err).__name__}: {err}"[:2000])
         raise
-    print(f"{result['status']} after {len(result['history'])} epochs (best epoch "
-          f"{result['best_epoch']}); run saved to {out}")
+    best = (f"best epoch {result['best_epoch']}" if result["best_epoch"] is not None else
+            "no best epoch: the KL warm-up never finished, so the last weights are kept")
+    print(f"{result['status']} after {len(result['history'])} epochs ({best}); run saved to {out}")
     return 0
 
 
@@ -173,7 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="preprocess a dataset, train scMM, save a run folder")
-    train.add_argument("data", help=".h5mu, 10x .h5 / mtx folder, or .h5ad files (comma-separated)")
+    train.add_argument("data", nargs="?", default=None,
+                       help=".h5mu, 10x .h5 / mtx folder, folder of .mtx files, or .h5ad / .mtx[.gz] / "
+                            ".csv[.gz] / .tsv[.gz] files (comma-separated); or use --modality")
+    train.add_argument("--modality", action="append", default=None,
+                       metavar="NAME[:KIND]=FILE",
+                       help="one modality per flag (repeatable, instead of DATA): its name, optional "
+                            "kind (rna, protein, atac) and file (.h5ad, .mtx[.gz], .csv/.tsv[.gz]; "
+                            "a Matrix Market file as MATRIX or MATRIX,FEATURES,BARCODES), e.g. "
+                            "--modality rna=rna.h5ad --modality prot:protein=adt.csv.gz")
     train.add_argument("--out", required=True, help="run folder to write")
     train.add_argument("--settings", default=None, metavar="FILE",
                        help="settings JSON (scmm.settings.Settings; the app's jobs pass theirs so); "

@@ -85,7 +85,7 @@ class SCMM:
         chosen = (settings or Settings()).replace(
             preset=preset, latent_dim=latent_dim, hidden=hidden, likelihoods=modalities or None,
             posterior_scale=posterior_scale, log_input=log_input)
-        self.settings = chosen.resolve({n: modality_kind(n) for n in names})
+        self.settings = chosen.resolve({n: modality_kind(n, mdata.mod[n]) for n in names})
         self.feature_names = {n: [str(v) for v in mdata.mod[n].var_names] for n in names}
         self.specs = [ModalitySpec(n, len(self.feature_names[n]), self.likelihoods[n],
                                    tuple(self.settings.hidden[n])) for n in names]
@@ -115,6 +115,11 @@ class SCMM:
     @property
     def posterior_scale(self) -> str:
         return self.settings.posterior_scale
+
+    @property
+    def kinds(self) -> dict:
+        """``{modality: "rna" | "protein" | "atac"}`` (detected from the data, or as set)."""
+        return self.settings.kinds or {n: modality_kind(n) for n in self.names}
 
     @property
     def log_input(self) -> bool:

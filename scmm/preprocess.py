@@ -1,6 +1,7 @@
 """Feature selection, train/test split and library sizes with the paper's defaults."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import mudata as md
@@ -15,12 +16,28 @@ RNA_NAMES = ("rna", "gex", "gene expression", "genes")
 ATAC_NAMES = ("atac", "peaks", "chromatin", "accessibility")
 
 
-def modality_kind(name: str) -> str:
-    """'rna', 'atac' or 'protein' (any other name is treated like a protein panel)."""
-    low = name.lower()
-    if low in RNA_NAMES:
+def modality_kind(name, adata=None) -> str:
+    """'rna', 'atac' or 'protein' (any other name is treated like a protein panel).
+
+    ``name`` is a modality name or its AnnData; with an AnnData (as ``name`` or
+    ``adata``) the kind that :func:`scmm.read` stored in ``uns['scmm_kind']``
+    (given by the user, or recognised from the name / the features) wins.  A
+    name says its kind when it is one of the RNA / ATAC names, or one of them
+    followed by ``_<digits>`` (``rna_2``: names made unique by :func:`scmm.read`).
+    """
+    if adata is None and not isinstance(name, str) and hasattr(name, "uns"):
+        name, adata = None, name
+    if adata is not None:
+        stored = str(adata.uns.get("scmm_kind", "")).lower()
+        if stored in ("rna", "atac", "protein"):
+            return stored
+    if name is None:
+        return "protein"
+    low = str(name).lower()
+    base = re.sub(r"_\d+$", "", low)
+    if low in RNA_NAMES or base in RNA_NAMES:
         return "rna"
-    if low in ATAC_NAMES:
+    if low in ATAC_NAMES or base in ATAC_NAMES:
         return "atac"
     return "protein"
 
@@ -72,7 +89,7 @@ def preprocess(mdata: md.MuData, n_top_genes: int | None = 5000, peak_fraction: 
     """
     validate_preprocess_options(test_fraction=test_fraction, n_top_genes=n_top_genes,
                                 peak_fraction=peak_fraction)
-    kinds = {name: (kinds or {}).get(name, modality_kind(name)) for name in mdata.mod}
+    kinds = {name: (kinds or {}).get(name, modality_kind(name, mdata.mod[name])) for name in mdata.mod}
     for name, adata in list(mdata.mod.items()):
         if kinds[name] == "rna" and n_top_genes is not None:
             keep = select_variable_genes(adata, n_top_genes)

@@ -38,6 +38,7 @@ class Settings:
     latent_dim: int = 10
     hidden: dict = field(default_factory=dict)          # {modality: [sizes]} over the preset's
     likelihoods: dict = field(default_factory=dict)     # {modality: "nb" | "zinb"} over the defaults
+    kinds: dict = field(default_factory=dict)           # {modality: "rna" | "protein" | "atac"} over the detected
     posterior_scale: str = "softplus"
     log_input: bool = True
     epochs: int | None = None                           # None: the preset's, raised to min_steps
@@ -62,8 +63,11 @@ class Settings:
                              f"got {self.posterior_scale!r}")
         if not isinstance(self.log_input, bool):
             raise ValueError(f"log_input must be true or false, got {self.log_input!r}")
-        if not isinstance(self.hidden, dict) or not isinstance(self.likelihoods, dict):
-            raise ValueError("hidden and likelihoods must map modality names to values")
+        if not all(isinstance(v, dict) for v in (self.hidden, self.likelihoods, self.kinds)):
+            raise ValueError("hidden, likelihoods and kinds must map modality names to values")
+        bad = {m: k for m, k in self.kinds.items() if k not in presets.DEFAULT_LIKELIHOOD}
+        if bad:
+            raise ValueError(f"kinds must be among {sorted(presets.DEFAULT_LIKELIHOOD)}, got {bad}")
         validate_model_options(latent_dim=self.latent_dim, hidden=self.hidden, likelihoods=self.likelihoods)
         validate_train_options(epochs=self.epochs, lr=self.lr, warmup=self.warmup, patience=self.patience,
                                batch_size=self.batch_size, seed=self.seed, objective=self.objective,
@@ -91,13 +95,16 @@ class Settings:
         return dataclasses.replace(self, **changes) if changes else self
 
     def resolve(self, kinds: dict[str, str]) -> "Settings":
-        """Concrete settings for modalities ``{name: kind}``: the preset chosen, its values filled in."""
+        """Concrete settings for modalities ``{name: detected kind}`` (kinds set here win): the
+        preset chosen, its values filled in."""
+        kinds = {m: self.kinds.get(m, kind) for m, kind in kinds.items()}
         preset = self.preset or presets.default_preset(list(kinds.values()))
         values = presets.get_preset(preset)
         filled = {k: getattr(self, k) if getattr(self, k) is not None else values[k] for k in PRESET_FIELDS}
         hidden = {m: list(self.hidden.get(m, values["hidden"][kind])) for m, kind in kinds.items()}
         likelihoods = {m: self.likelihoods.get(m, presets.DEFAULT_LIKELIHOOD[kind]) for m, kind in kinds.items()}
-        return dataclasses.replace(self, preset=preset, hidden=hidden, likelihoods=likelihoods, **filled)
+        return dataclasses.replace(self, preset=preset, hidden=hidden, likelihoods=likelihoods, kinds=kinds,
+                                   **filled)
 
     def planned_epochs(self, n_train: int) -> int:
         """The epochs a training of ``n_train`` cells runs (resolved settings): ``epochs`` if set,

@@ -74,6 +74,9 @@ def layout(cfg, run_id, query) -> html.Div:
         dbc.Label("Colour by", className="mt-2"),
         dcc.Dropdown(id="emb-colour", options=options, value=colour, clearable=False,
                      placeholder="type a gene, protein, peak, obs column or z…"),
+        html.Div([dbc.Label("Groups (untick to hide)", className="mt-2 small"),
+                  dcc.Checklist(id="emb-groups", options=[], value=[], labelClassName="d-block small")],
+                 id="emb-groups-box", style={"display": "none"}),
         html.Hr(),
         html.Div(id="sel-info", className="small", children="Lasso cells on the plot to select them."),
         dbc.InputGroup([dbc.Input(id="sel-name", placeholder="selection name"),
@@ -101,31 +104,53 @@ def layout(cfg, run_id, query) -> html.Div:
     ])
 
 
-def colour_figure(view, emb_label: str, colour: str, selected=None) -> object:
-    """The full embedding figure of ``view`` (see :func:`app.figures.embedding`)."""
+def colour_figure(view, emb_label: str, colour: str, selected=None, shown=None) -> object:
+    """The full embedding figure of ``view`` (see :func:`app.figures.embedding`); ``shown``: the
+    group codes left visible (all when None)."""
     key, axes = view.embeddings()[emb_label]
     c = view.colour(colour)
     spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
+    labels = figures.group_labels(view.coords(key), c["values"], c["categories"]) \
+        if c["kind"] == "categorical" else []
+    if shown is not None and c["kind"] == "categorical":
+        spec["marker"]["opacity"] = figures.group_opacity(c["values"], set(shown))
     return figures.embedding(view.coords(key), spec, view.cell_ids,
                              title=f"{emb_label} latent: {c['label']}", axis_names=axes,
-                             selected=selected, uirevision=f"{view.id}:{emb_label}")
+                             selected=selected, uirevision=f"{view.id}:{emb_label}", labels=labels)
 
 
 def colour_patch(view, colour: str, emb_label: str) -> Patch:
-    """Only the new marker colours and hover values (the fast path of a colour change)."""
+    """Only the new marker colours, hover values and group labels (the fast path of a colour change)."""
+    key, _ = view.embeddings()[emb_label]
     c = view.colour(colour)
     spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
     patch = figures.recolour(Patch(), spec)
     patch["layout"]["title"]["text"] = f"{emb_label} latent: {c['label']}"
+    patch["layout"]["annotations"] = figures.group_labels(view.coords(key), c["values"], c["categories"]) \
+        if c["kind"] == "categorical" else []
     return patch
 
 
-def export_figure(cfg, run_id, emb_label, colour):
-    """The embedding as shown, rebuilt on the server for export (None without a run)."""
+def group_legend(view, colour: str) -> tuple[list, list, dict]:
+    """(options, value, style) of the group checklist: one coloured entry per group, with its cell count."""
+    c = view.colour(colour)
+    if c["kind"] != "categorical":
+        return [], [], {"display": "none"}
+    spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
+    counts = np.bincount(np.asarray(c["values"])[np.asarray(c["values"]) >= 0], minlength=len(c["categories"]))
+    options = [{"label": html.Span([html.Span(className="legend-swatch", style={"backgroundColor": colr}),
+                                    f" {name} ({counts[i]:,})"]), "value": i}
+               for i, (name, colr) in enumerate(spec["groups"])]
+    return options, list(range(len(options))), {"maxHeight": "260px", "overflowY": "auto"}
+
+
+def export_figure(cfg, run_id, emb_label, colour, shown=None):
+    """The embedding as shown (hidden groups included), rebuilt on the server for export."""
     view = _run(cfg, run_id)
     if view is None or emb_label not in view.embeddings():
         return None
-    return colour_figure(view, emb_label, colour if isinstance(colour, str) else "")
+    shown = [i for i in shown if isinstance(i, int)] if isinstance(shown, list) else None
+    return colour_figure(view, emb_label, colour if isinstance(colour, str) else "", shown=shown)
 
 
 def selection_from_event(view, emb_label: str, selected: dict | None) -> list[int]:
@@ -148,22 +173,40 @@ def register(app, cfg) -> None:
     graph = components.graph_id("embedding")
 
     @app.callback(Output(graph, "figure"), Output("page-state", "data", allow_duplicate=True),
+                  Output("emb-groups", "options"), Output("emb-groups", "value"), Output("emb-groups-box", "style"),
                   Input("emb-key", "value"), Input("emb-colour", "value"), State("emb-run", "data"),
                   prevent_initial_call="initial_duplicate")
     def draw(emb_label, colour, run_id):
-        """Full figure when the embedding changes; a Patch of the colours otherwise."""
+        """Full figure when the embedding changes; a Patch of the colours otherwise; the group legend."""
         view = _run(cfg, run_id)
-        if view is None or not emb_label:
-            return figures.empty("no run"), no_update
+        if view is None or emb_label not in (view.embeddings() if view else {}):
+            return figures.empty("no run"), no_update, [], [], {"display": "none"}
         state = {"color": colour, "emb": emb_label}
+        legend = group_legend(view, colour)
         if ctx.triggered_id == "emb-colour":
-            return colour_patch(view, colour, emb_label), state
-        return colour_figure(view, emb_label, colour), state
+            return (colour_patch(view, colour, emb_label), state, *legend)
+        return (colour_figure(view, emb_label, colour), state, *legend)
+
+    @app.callback(Output(graph, "figure", allow_duplicate=True), Input("emb-groups", "value"),
+                  State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)
+    def toggle_groups(shown, colour, run_id):
+        """Hide or show groups (a Patch of the markers' opacity only)."""
+        view = _run(cfg, run_id)
+        if view is None or not isinstance(shown, list):
+            return no_update
+        c = view.colour(colour)
+        if c["kind"] != "categorical":
+            return no_update
+        patch = Patch()
+        patch["data"][0]["marker"]["opacity"] = figures.group_opacity(
+            c["values"], {i for i in shown if isinstance(i, int)})
+        return patch
 
     components.register_export(
-        app, cfg, "embedding", [State("emb-run", "data"), State("emb-key", "value"), State("emb-colour", "value")],
-        lambda run_id, emb, colour: export_figure(cfg, run_id, emb, colour),
-        lambda run_id, emb, colour: f"{run_id}_umap_{emb}_{str(colour).split(':')[-1]}")
+        app, cfg, "embedding", [State("emb-run", "data"), State("emb-key", "value"), State("emb-colour", "value"),
+                                State("emb-groups", "value")],
+        lambda run_id, emb, colour, shown: export_figure(cfg, run_id, emb, colour, shown),
+        lambda run_id, emb, colour, _shown: f"{run_id}_umap_{emb}_{str(colour).split(':')[-1]}")
 
     @app.callback(Output("emb-colour", "options"), Input("emb-colour", "search_value"),
                   State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)

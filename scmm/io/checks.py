@@ -13,6 +13,115 @@ import scipy.sparse as sp
 from .errors import ReadError
 
 _INT_TOL = 1e-4
+_DENSE_BLOCK_BYTES = 256 << 20  # dense -> CSR conversion works in row blocks of about this size
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (psutil); tests monkeypatch this."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - without psutil, do not refuse anything
+        return 1 << 62
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _check_memory(source, what: str, nbytes: float) -> None:
+    """Raise ReadError before allocating ``nbytes`` when the machine has less available."""
+    avail = _available_memory()
+    if nbytes > avail:
+        raise ReadError(
+            f"{source}: {what} would need about {_fmt_bytes(nbytes)} of memory but only "
+            f"{_fmt_bytes(avail)} is available; use a machine with more memory or a subset of the data"
+        )
+
+
+def _check_values_dtype(dtype, source, name, where) -> None:
+    """Refuse value types that are not counts: complex, boolean, non-numeric."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise ReadError(
+            f"{source}: modality '{name}' {where} holds complex values (dtype {dtype}); "
+            "scMM needs real raw counts"
+        )
+    if dtype.kind == "b":
+        raise ReadError(
+            f"{source}: modality '{name}' {where} holds boolean values (dtype bool), not counts; "
+            "if they are meant as 0/1 counts convert them to integers first (X.astype(int))"
+        )
+    if dtype.kind not in "iuf":
+        raise ReadError(f"{source}: modality '{name}' {where} is not numeric (dtype {dtype})")
+
+
+def _structure_problem(fmt: str, shape, indptr, indices, n_data) -> str | None:
+    """What is wrong with CSR/CSC arrays (``fmt`` 'csr' or 'csc'), or None."""
+    n_rows, n_cols = (int(x) for x in shape)
+    major, minor = (n_rows, n_cols) if fmt == "csr" else (n_cols, n_rows)
+    major_name, minor_name = ("rows", "columns") if fmt == "csr" else ("columns", "rows")
+    index_name = "column" if fmt == "csr" else "row"
+    indptr = np.asarray(indptr)
+    indices = np.asarray(indices)
+    if min(n_rows, n_cols) < 0:
+        return f"negative shape {n_rows} x {n_cols}"
+    if indptr.ndim != 1 or indices.ndim != 1:
+        return "indptr and indices must be one-dimensional"
+    if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        return f"indptr/indices are not integers (dtypes {indptr.dtype}, {indices.dtype})"
+    if len(indptr) != major + 1:
+        return f"indptr has {len(indptr)} entries, expected {major + 1} ({major} {major_name} + 1)"
+    if indptr[0] != 0:
+        return f"indptr starts at {int(indptr[0])}, not 0"
+    if (np.diff(indptr) < 0).any():
+        return "indptr decreases"
+    if int(indptr[-1]) != len(indices) or len(indices) != n_data:
+        return (
+            f"indptr ends at {int(indptr[-1])} but there are {len(indices)} indices and "
+            f"{n_data} values"
+        )
+    if len(indices):
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= minor:
+            bad = lo if lo < 0 else hi
+            return f"{index_name} index {bad} out of range for {minor} {minor_name}"
+    return None
+
+
+def _check_sparse_structure(X, source, name, where) -> None:
+    fmt = getattr(X, "format", None)
+    if fmt in ("csr", "csc"):
+        problem = _structure_problem(fmt, X.shape, X.indptr, X.indices, len(X.data))
+    elif fmt == "coo":
+        r, c = np.asarray(X.row), np.asarray(X.col)
+        problem = None
+        if len(r) != len(c) or len(r) != len(X.data):
+            problem = f"{len(r)} row and {len(c)} column indices for {len(X.data)} values"
+        elif len(r) and (r.min() < 0 or r.max() >= X.shape[0] or c.min() < 0 or c.max() >= X.shape[1]):
+            problem = f"an index is out of range for shape {X.shape[0]} x {X.shape[1]}"
+    else:
+        return
+    if problem:
+        raise ReadError(
+            f"{source}: modality '{name}' {where}: bad {fmt.upper()} sparse structure: {problem}"
+        )
+
+
+def _dense_to_csr(arr: np.ndarray) -> sp.csr_matrix:
+    """A float32 CSR of a dense 2-D array, converted in row blocks (no full dense copy)."""
+    n, m = arr.shape
+    if n == 0 or m == 0:
+        return sp.csr_matrix((n, m), dtype=np.float32)
+    step = max(1, _DENSE_BLOCK_BYTES // max(1, m * 8))
+    if step >= n:
+        return sp.csr_matrix(np.asarray(arr, dtype=np.float32))
+    blocks = [sp.csr_matrix(np.asarray(arr[i : i + step], dtype=np.float32)) for i in range(0, n, step)]
+    return sp.vstack(blocks, format="csr")
 
 
 def _counts_matrix(ad: anndata.AnnData, counts_layer, where, source, name):
@@ -29,15 +138,23 @@ def _counts_matrix(ad: anndata.AnnData, counts_layer, where, source, name):
             f"{source}: modality '{name}' has no X and no layers['{counts_layer}'] with counts"
         )
     if sp.issparse(X):
+        _check_values_dtype(X.dtype, source, name, where)
+        _check_sparse_structure(X, source, name, where)
+        _check_memory(source, f"modality '{name}' {where} ({X.shape[0]} x {X.shape[1]}, {X.nnz} non-zeros)",
+                      X.nnz * 12 + (X.shape[0] + 1) * 8)
         X = sp.csr_matrix(X, dtype=np.float32, copy=True)
     else:
         try:
             arr = np.asarray(X)
         except Exception as exc:  # noqa: BLE001
             raise ReadError(f"{source}: modality '{name}' {where} is not a matrix ({exc})") from exc
-        if arr.dtype.kind not in "biuf":
-            raise ReadError(f"{source}: modality '{name}' {where} is not numeric (dtype {arr.dtype})")
-        X = sp.csr_matrix(arr.astype(np.float32, copy=False))
+        if arr.ndim != 2:
+            raise ReadError(f"{source}: modality '{name}' {where} has {arr.ndim} dimensions, not 2")
+        _check_values_dtype(arr.dtype, source, name, where)
+        nnz = int(np.count_nonzero(arr))
+        _check_memory(source, f"modality '{name}' {where} ({arr.shape[0]} x {arr.shape[1]} dense, {nnz} non-zeros)",
+                      nnz * 12 + (arr.shape[0] + 1) * 8)
+        X = _dense_to_csr(arr)
     X.sum_duplicates()
     looks_norm = where == "X" and not from_layer
     hint = (
@@ -118,6 +235,34 @@ def _new_anndata(ad: anndata.AnnData, X) -> anndata.AnnData:
     return out
 
 
+def _values_dtype(ad, counts_layer):
+    X = ad.layers[counts_layer] if counts_layer is not None and counts_layer in ad.layers else ad.X
+    if X is None:
+        return None, "X"
+    where = f"layers['{counts_layer}']" if X is not ad.X else "X"
+    try:
+        return np.dtype(X.dtype), where
+    except Exception:  # noqa: BLE001 - not an array; _counts_matrix reports it
+        return None, where
+
+
+def _check_mixed_dtypes(entries, source, counts_layer) -> None:
+    """Refuse modalities whose values are not real numbers, naming every modality's dtype."""
+    found = [(e, *_values_dtype(e.adata, counts_layer)) for e in entries]
+    bad = [(e, d, w) for e, d, w in found if d is not None and d.kind not in "iuf"]
+    if not bad:
+        return
+    listing = ", ".join(f"{e.name}: {d}" for e, d, _ in found if d is not None)
+    e, d, w = bad[0]
+    where = e.where or w
+    try:
+        _check_values_dtype(d, str(e.path) if e.path is not None else source, e.name, where)
+    except ReadError as err:
+        if len(found) > 1:
+            raise ReadError(f"{err} (modality dtypes: {listing})") from None
+        raise
+
+
 def _subset_rows(v, idx):
     if isinstance(v, pd.DataFrame):
         return v.iloc[idx]
@@ -126,12 +271,14 @@ def _subset_rows(v, idx):
 
 def _build(entries, *, source, counts_layer, labels, shared_label, global_obs, global_obsm, uns, pull_obs):
     """Shared core of read() and validate(): check, pair, clean, assemble."""
+    _check_mixed_dtypes(entries, source, counts_layer)
     mods: dict[str, anndata.AnnData] = {}
     for e in entries:
-        _check_barcodes(e.adata.obs_names, source, e.name)
-        X, _ = _counts_matrix(e.adata, counts_layer, e.where, source, e.name)
+        src = str(e.path) if e.path is not None else source  # the file this modality came from
+        _check_barcodes(e.adata.obs_names, src, e.name)
+        X, _ = _counts_matrix(e.adata, counts_layer, e.where, src, e.name)
         a = _new_anndata(e.adata, X)
-        _unique_var(a, source, e.name)
+        _unique_var(a, src, e.name)
         if a.n_obs == 0:
             raise ReadError(f"{source}: modality '{e.name}' has no cells")
         if a.n_vars == 0:

@@ -161,7 +161,7 @@ def gene_activity(atac: ad.AnnData, genes, upstream: int = 2000, drop_empty: boo
     """
     if hasattr(atac, "mod"):
         from ..preprocess import modality_kind
-        names = [m for m in atac.mod if modality_kind(m) == "atac"]
+        names = [m for m in atac.mod if modality_kind(m, atac.mod[m]) == "atac"]
         if not names:
             raise ValueError(f"the MuData has no ATAC modality (has {list(atac.mod)})")
         atac = atac.mod[names[0]]

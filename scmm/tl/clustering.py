@@ -13,7 +13,7 @@ def default_k(mdata) -> int:
     from ..preprocess import modality_kind
     kinds = dict(mdata.uns.get("scmm_preprocess", {}).get("kinds", {})) if hasattr(mdata, "uns") else {}
     names = list(getattr(mdata, "mod", {}) or [])
-    if any(kinds.get(n, modality_kind(n)) == "atac" for n in names):
+    if any(kinds.get(n, modality_kind(n, mdata.mod[n])) == "atac" for n in names):
         return 15
     return 20
 

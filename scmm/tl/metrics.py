@@ -155,7 +155,7 @@ def query_metrics(model, mdata=None, target: str | None = None, source: str | No
         raise ValueError("no data: pass mdata or load the run with its results")
     names = list(model.names)
     if source is None:
-        source = next((m for m in names if modality_kind(m) == "rna" and m != target), None)
+        source = next((m for m in names if model.kinds.get(m) == "rna" and m != target), None)
         source = source or next(m for m in names if m != target)
     if target is None:
         target = next(m for m in names if m != source)
@@ -178,7 +178,7 @@ def query_metrics(model, mdata=None, target: str | None = None, source: str | No
                               library=np.maximum(library, 1e-8)).X
     knn_props = knn_baseline(src.X[train_mask], tgt.X[train_mask], src.X[query_mask], k=k,
                              n_pcs=n_pcs, seed=seed)
-    protein = modality_kind(target) == "protein"
+    protein = model.kinds.get(target, modality_kind(target)) == "protein"
     rows = []
     for method, pred in (("scmm", _dense(scmm_pred)), ("knn", knn_props * library[:, None])):
         rows.append({"method": method, "source": source, "target": target,

@@ -317,7 +317,7 @@ def traverse(model, run_dir: str | Path | None = None, span: float = 5.0, step: 
         for d in range(D):
             r[d], p[d] = spearman_rows(steps, means[m][d])
         rho[m], pvalue[m] = r, p
-    kinds = {m: modality_kind(m) for m in model.names}
+    kinds = {m: model.kinds.get(m, modality_kind(m)) for m in model.names}
     trav = Traversal(steps, sigma, means, rho, pvalue, occupied, edges, model.feature_names, kinds,
                      libraries, key=key)
     if cache is not None:
