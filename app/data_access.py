@@ -120,7 +120,7 @@ def _file_key(path: Path) -> str:
 
 
 def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300, slots: int = 1,
-              wait: float = 60) -> dict:
+              wait: float = 60, naming: dict | None = None) -> dict:
     """The reader's summary of ``path`` (or its error), computed in a child process and cached.
 
     Returns ``{"ok": True, "summary": {...}, "likelihoods": {...}, "kinds": {...},
@@ -130,7 +130,10 @@ def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300, slo
     none frees up within ``wait`` seconds the result says the server is busy.
     """
     path = Path(path)
-    cache = Path(cache_dir) / "summaries" / f"{_file_key(path)}.json"
+    naming = naming or {}
+    key = _file_key(path) + (hashlib.sha1(json.dumps(naming, sort_keys=True).encode()).hexdigest()[:8]
+                             if naming else "")
+    cache = Path(cache_dir) / "summaries" / f"{key}.json"
     try:
         cached = runfolder.read_json(cache)
     except runfolder.RunFileError:
@@ -139,7 +142,8 @@ def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300, slo
         return cached
     try:
         with processes.work_slot(Path(cache_dir) / "slots", slots, wait=wait):
-            proc = processes.run_child(processes.python_command("app.worker", "summarize", path), timeout)
+            args = ["--naming", json.dumps(naming)] if naming else []
+            proc = processes.run_child(processes.python_command("app.worker", "summarize", path, *args), timeout)
     except processes.Busy as err:
         return {"ok": False, "error": str(err), "busy": True}
     except subprocess.TimeoutExpired:
@@ -153,6 +157,37 @@ def summarize(path: str | Path, cache_dir: str | Path, timeout: float = 300, slo
     cache.parent.mkdir(parents=True, exist_ok=True)
     runfolder.write_json_atomic(cache, out)
     return out
+
+
+NAMING_DIR = ".scmm-datasets"
+
+
+def _naming_file(runs_dir, dataset_id: str) -> Path:
+    return Path(runs_dir) / NAMING_DIR / (hashlib.sha1(dataset_id.encode()).hexdigest()[:16] + ".json")
+
+
+def dataset_naming(runs_dir, dataset_id) -> dict:
+    """The modality names and kinds a user chose for dataset ``dataset_id``: ``{"names", "kinds"}``
+    (empty when none, or when the saved file is unreadable)."""
+    if not isinstance(dataset_id, str):
+        return {}
+    try:
+        saved = runfolder.read_json(_naming_file(runs_dir, dataset_id), max_bytes=64 * 1024)
+    except runfolder.RunFileError:
+        return {}
+    if not isinstance(saved, dict) or saved.get("dataset") != dataset_id:
+        return {}
+    names, kinds = saved.get("names"), saved.get("kinds")
+    return {"names": names, "kinds": kinds} if isinstance(names, dict) and isinstance(kinds, dict) else {}
+
+
+def save_dataset_naming(runs_dir, dataset_id: str, names: dict, kinds: dict) -> None:
+    """Keep the user's modality names and kinds for ``dataset_id`` (validated first: ValueError)."""
+    from scmm.settings import Settings
+    Settings.build(modality_names=names, kinds=kinds)  # the one validation of names and kinds
+    path = _naming_file(runs_dir, dataset_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runfolder.write_json_atomic(path, {"dataset": dataset_id, "names": names, "kinds": kinds})
 
 
 # ---------------------------------------------------------------------- runs

@@ -139,10 +139,13 @@ def cmd_summarize(args) -> int:
         import scmm
         from scmm.preprocess import modality_kind
         from scmm.presets import DEFAULT_LIKELIHOOD
-        mdata = scmm.read(*args.path.split(","))
+        naming = json.loads(args.naming) if args.naming else {}
+        mdata = scmm.read(*args.path.split(","), modality_names=naming.get("names") or None,
+                          kinds=naming.get("kinds") or None)
         summary = scmm.io.summarize(mdata)
         kinds = {m: modality_kind(m, mdata.mod[m]) for m in mdata.mod}
-        out = {"ok": True, "summary": summary, "kinds": kinds,
+        original = {m: str(mdata.mod[m].uns.get("scmm_original_name", m)) for m in mdata.mod}
+        out = {"ok": True, "summary": summary, "kinds": kinds, "original_names": original,
                "likelihoods": {m: DEFAULT_LIKELIHOOD[k] for m, k in kinds.items()},
                "obs_columns": [str(c) for c in mdata.obs.columns]}
     except Exception as err:  # the reader's message is what the user needs to see
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
         p.set_defaults(func=fn)
     p = sub.add_parser("summarize")
     p.add_argument("path")
+    p.add_argument("--naming", default=None, help='JSON {"names": {file name: new}, "kinds": {name: kind}}')
     p.set_defaults(func=cmd_summarize)
     args = parser.parse_args(argv)
     return args.func(args)

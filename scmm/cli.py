@@ -93,7 +93,9 @@ def cmd_train(args) -> int:
         history = read_checkpoint(checkpoint, map_location="cpu", mmap=True)["meta"]["history"]
 
     import scmm
-    mdata = scmm.io.read_modalities(args.data, args.modality)
+    naming = {"modality_names": settings.modality_names or None, "kinds": settings.kinds or None} \
+        if args.data else {}
+    mdata = scmm.io.read_modalities(args.data, args.modality, **naming)
     scmm.preprocess(mdata, n_top_genes=settings.n_top_genes, peak_fraction=settings.peak_fraction,
                     test_fraction=settings.test_fraction, seed=settings.seed)
     model = scmm.SCMM(mdata, settings=settings, device=args.device)

@@ -39,6 +39,7 @@ class Settings:
     hidden: dict = field(default_factory=dict)          # {modality: [sizes]} over the preset's
     likelihoods: dict = field(default_factory=dict)     # {modality: "nb" | "zinb"} over the defaults
     kinds: dict = field(default_factory=dict)           # {modality: "rna" | "protein" | "atac"} over the detected
+    modality_names: dict = field(default_factory=dict)  # {name in the file: name to train under}
     posterior_scale: str = "softplus"
     log_input: bool = True
     epochs: int | None = None                           # None: the preset's, raised to min_steps
@@ -65,6 +66,15 @@ class Settings:
             raise ValueError(f"log_input must be true or false, got {self.log_input!r}")
         if not all(isinstance(v, dict) for v in (self.hidden, self.likelihoods, self.kinds)):
             raise ValueError("hidden, likelihoods and kinds must map modality names to values")
+        if not isinstance(self.modality_names, dict):
+            raise ValueError("modality_names must map the file's modality names to new names")
+        renamed = list(self.modality_names.values())
+        wrong = [n for n in renamed if not isinstance(n, str) or not runfolder.MODALITY_NAME.match(n)]
+        if wrong:
+            raise ValueError(f"modality names must be a letter or _ then letters, digits or _ (at most 64), "
+                             f"got {wrong[0]!r}")
+        if len(set(renamed)) != len(renamed):
+            raise ValueError(f"modality names must differ, got {renamed}")
         bad = {m: k for m, k in self.kinds.items() if k not in presets.DEFAULT_LIKELIHOOD}
         if bad:
             raise ValueError(f"kinds must be among {sorted(presets.DEFAULT_LIKELIHOOD)}, got {bad}")

@@ -153,3 +153,19 @@ def test_every_page_lays_out_for_a_run_and_without_one(run_dir, tmp_path):
         assert module.layout(cfg, "syn", {"color": "feat:rna:G0001", "dim": "3"}) is not None
         if path not in ("/data", "/train"):
             assert "no-run" in str(module.layout(empty, None, {}))
+
+
+def test_modality_names_and_kinds_are_checked_and_kept_per_dataset(tmp_path):
+    data_access.save_dataset_naming(tmp_path, "x.h5mu", {"prot.v2": "adt", "rna": "rna"},
+                                    {"adt": "protein", "rna": "rna"})
+    assert data_access.dataset_naming(tmp_path, "x.h5mu") == {"names": {"prot.v2": "adt", "rna": "rna"},
+                                                              "kinds": {"adt": "protein", "rna": "rna"}}
+    assert data_access.dataset_naming(tmp_path, "other.h5mu") == {}
+    for names, kinds, message in (({"a": "bad name"}, {}, "modality names must be"),
+                                  ({"a": "x", "b": "x"}, {}, "must differ"),
+                                  ({"a": "x"}, {"x": "dna"}, "kinds must be among")):
+        with pytest.raises(ValueError, match=message):
+            data_access.save_dataset_naming(tmp_path, "y.h5mu", names, kinds)
+    assert data_access.dataset_naming(tmp_path, "y.h5mu") == {}
+    data_access._naming_file(tmp_path, "x.h5mu").write_text("[1, 2]")  # a malformed file: no naming
+    assert data_access.dataset_naming(tmp_path, "x.h5mu") == {}

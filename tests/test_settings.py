@@ -90,3 +90,18 @@ def test_a_trained_model_records_its_resolved_settings(tmp_path):
     saved = runfolder.read_config(tmp_path / "run")["settings"]
     assert Settings.from_dict(saved) == model.settings and saved["preset"] == "cite" and saved["epochs"] == 1
     assert scmm.SCMM.load(tmp_path / "run").settings == model.settings
+
+
+def test_scmm_train_renames_and_types_modalities_from_the_settings(tmp_path):
+    import mudata as md
+    import scmm
+    from scmm.cli import main
+    demo = scmm.demo.simulate(n_cells=200, seed=3)
+    md.MuData({"rna": demo.mod["rna"], "prot.v2": demo.mod["prot"]}).write(tmp_path / "x.h5mu")
+    Settings.build(epochs=1, n_top_genes=200, modality_names={"prot.v2": "adt"},
+                   kinds={"adt": "protein"}).write(tmp_path / "s.json")
+    assert main(["train", str(tmp_path / "x.h5mu"), "--out", str(tmp_path / "run"), "--settings",
+                 str(tmp_path / "s.json"), "--quiet"]) == 0
+    config = runfolder.read_config(tmp_path / "run")
+    assert [s["name"] for s in config["specs"]] == ["rna", "adt"]
+    assert config["settings"]["kinds"] == {"rna": "rna", "adt": "protein"}

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, dcc, html, no_update
+from dash import ALL, Input, Output, State, dcc, html, no_update
 
 from app import components, data_access
 
@@ -74,6 +74,7 @@ def summary_view(result: dict, name: str) -> html.Div:
                      "sparsity": f"{100 * info['sparsity']:.1f}%",
                      "likelihood": result.get("likelihoods", {}).get(mod, "").upper()})
     cols = result.get("obs_columns") or []
+    originals = result.get("original_names") or {}
     return dbc.Card([
         dbc.CardHeader([html.Span(name, className="fw-semibold"), components.csv_button("data-summary")]),
         dbc.CardBody([
@@ -83,7 +84,35 @@ def summary_view(result: dict, name: str) -> html.Div:
             components.table(pd.DataFrame(rows), id="data-table"),
             html.P(["cell annotations: ", ", ".join(cols) if cols else "none"],
                    className="small text-muted mt-2 mb-0"),
+            naming_form(summary["modalities"], result.get("kinds", {}), originals),
         ])], id="data-card")
+
+
+KINDS = [{"label": "RNA", "value": "rna"}, {"label": "protein", "value": "protein"},
+         {"label": "ATAC", "value": "atac"}]
+
+
+def naming_form(modalities: dict, kinds: dict, originals: dict) -> html.Div:
+    """Name and type each modality before training (kept per dataset on the server)."""
+    rows = []
+    for mod in modalities:
+        original = originals.get(mod, mod)
+        rows.append(dbc.Row([
+            dbc.Col(html.Span(original + ("" if original == mod else f" → {mod}"), className="small"), md=4),
+            dbc.Col(dbc.Input(id={"role": "mod-name", "m": original}, value=mod, size="sm",
+                              maxLength=64), md=4),
+            dbc.Col(dcc.Dropdown(id={"role": "mod-kind", "m": original}, options=KINDS, value=kinds.get(mod),
+                                 clearable=False), md=4),
+        ], className="g-2 mb-1 align-items-center"))
+    return html.Div([
+        html.H6("Modalities: name and type them for training", className="mt-3"),
+        dbc.Row([dbc.Col(html.Span("in the file", className="small text-muted"), md=4),
+                 dbc.Col(html.Span("name", className="small text-muted"), md=4),
+                 dbc.Col(html.Span("type", className="small text-muted"), md=4)]),
+        *rows,
+        dbc.Button("Save names and types", id="data-naming-save", size="sm", color="secondary", className="mt-1"),
+        html.Div(id="data-naming-msg", className="small mt-1"),
+    ], id="data-naming")
 
 
 def register(app, cfg) -> None:
@@ -97,9 +126,33 @@ def register(app, cfg) -> None:
         if path is None:
             message = "no dataset" if not dataset_id else f"{str(dataset_id)[:100]!r} is not a dataset of this server"
             return html.Div(message, className="text-muted", id="data-none"), "/train"
-        result = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots)
+        result = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots,
+                                       naming=data_access.dataset_naming(cfg.runs_dir, dataset_id))
         label = data_access.dataset_label(cfg.data_dir, dataset_id)
         return summary_view(result, label), "/train?" + urlencode({"data": dataset_id})
+
+    @app.callback(Output("data-summary", "children", allow_duplicate=True),
+                  Input("data-naming-save", "n_clicks"), State({"role": "mod-name", "m": ALL}, "value"),
+                  State({"role": "mod-name", "m": ALL}, "id"), State({"role": "mod-kind", "m": ALL}, "value"),
+                  State("data-select", "value"), prevent_initial_call=True)
+    def save_naming(_n, names, ids, kinds, dataset_id):
+        """Check and keep the user's modality names and types; the summary shows them."""
+        path = data_access.resolve_dataset(cfg.data_dir, dataset_id)
+        if path is None or not isinstance(names, list) or not isinstance(ids, list) \
+                or not isinstance(kinds, list) or not len(names) == len(ids) == len(kinds):
+            return no_update
+        originals = [i.get("m") if isinstance(i, dict) else None for i in ids]
+        chosen = {str(o): (n.strip() if isinstance(n, str) else n) for o, n in zip(originals, names)}
+        try:
+            data_access.save_dataset_naming(cfg.runs_dir, dataset_id, chosen,
+                                            {n: k for n, k in zip(chosen.values(), kinds) if k})
+        except (ValueError, TypeError, OSError) as err:
+            body = show_summary(dataset_id)[0]
+            return html.Div([dbc.Alert(f"Not saved: {err}", color="danger", className="py-1", id="naming-error"),
+                             body])
+        return html.Div([dbc.Alert("Saved: training on this dataset uses these names and types.",
+                                   color="success", className="py-1", id="naming-ok"),
+                         show_summary(dataset_id)[0]])
 
     @app.callback(Output({"role": "csv-download", "t": "data-summary"}, "data"),
                   Input({"role": "csv", "t": "data-summary"}, "n_clicks"), State("data-select", "value"),

@@ -69,7 +69,8 @@ def plan_text(cfg, dataset_id, settings: Settings) -> list:
     path = data_access.resolve_dataset(cfg.data_dir, dataset_id)
     if path is None:
         return []
-    summary = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots)
+    summary = data_access.summarize(path, cfg.cache_dir, slots=cfg.work_slots,
+                                    naming=data_access.dataset_naming(cfg.runs_dir, dataset_id))
     if not summary.get("ok"):
         return [html.Span("cannot plan: the dataset does not read (see the Data page)", className="text-danger")]
     n_cells = int(summary["summary"]["n_cells"])
@@ -239,6 +240,8 @@ def register(app, cfg) -> None:
                                         className="py-1", id="train-error")
         try:
             settings = form_settings(preset, latent, epochs, lr)
+            naming = data_access.dataset_naming(cfg.runs_dir, dataset_id)
+            settings = settings.replace(modality_names=naming.get("names") or None, kinds=naming.get("kinds") or None)
         except ValueError as err:
             return no_update, dbc.Alert(str(err), color="danger", className="py-1", id="train-error")
         try:

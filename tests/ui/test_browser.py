@@ -102,6 +102,13 @@ def write_query(demo: Path, out: Path, n_cells: int, n_genes: int) -> None:
     md.read_h5mu(demo).mod["rna"][:n_cells, :n_genes].copy().write_h5ad(out)
 
 
+def write_renamed(demo: Path, out: Path) -> None:
+    """The demo with its protein modality named as some public files do: "prot.v2"."""
+    import mudata as md
+    mdata = md.read_h5mu(demo)
+    md.MuData({"rna": mdata.mod["rna"][:300].copy(), "prot.v2": mdata.mod["prot"][:300].copy()}).write(out)
+
+
 def severe_logs(dash_duo) -> list:
     """Browser console errors, except GPU noise of software WebGL."""
     return [e for e in dash_duo.get_logs() if "WebGL" not in e["message"] and "GL Driver" not in e["message"]]
@@ -193,6 +200,19 @@ def test_full_flow(dash_duo, tmp_path, shots):
     click_id(dash_duo, {"role": "export-png", "g": "traversal-bars"})
     png = wait_for_download(dash_duo.download_path, ".png", timeout=90)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # 5b. Name and type the modalities of a dataset whose protein modality is called "prot.v2"
+    write_renamed(data_dir / "demo.h5mu", data_dir / "renamed.h5mu")
+    visit(dash_duo, "/data", data="renamed.h5mu")
+    dash_duo.wait_for_contains_text("#data-naming", "prot.v2", timeout=90)
+    name_box = dash_duo.driver.execute_script(
+        "return document.getElementById(arguments[0]);",
+        json.dumps({"m": "prot.v2", "role": "mod-name"}, separators=(",", ":"), sort_keys=True))
+    name_box.clear()
+    name_box.send_keys("adt")
+    click(dash_duo, "#data-naming-save")
+    dash_duo.wait_for_element("#naming-ok", timeout=90)
+    dash_duo.wait_for_contains_text("#data-table", "adt", timeout=30)
 
     # 6. Upload a one-modality query (streamed to the server under a name it chooses)
     write_query(data_dir / "demo.h5mu", tmp_path / "query_rna.h5ad", n_cells=100, n_genes=1500)
