@@ -72,7 +72,7 @@ def direct(view, repeats: int) -> dict:
 
         def step():
             k = next(steps)
-            bars, prof, table = traversal.traversal_figures(trav, k % trav.n_dims, k % len(trav.steps), mod, None, 15)
+            bars, prof, table, _ = traversal.traversal_figures(trav, k % trav.n_dims, k % len(trav.steps), mod, None, 15)
             from app import components
             encode(bars), encode(prof), encode(components.table(table, 40))
         out["traversal step"] = timed(step, repeats)

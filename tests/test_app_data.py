@@ -91,7 +91,12 @@ def test_embedding_figure_and_patch(view):
 def test_traversal_page_slices_the_cache(view):
     trav = view.traversal()
     assert trav.n_dims == 10 and trav.modalities == ["rna", "prot"]
-    bars, profile, table = traversal.traversal_figures(trav, dim=1, step=15, mod="rna", logp=2, n=5)
+    bars, profile, table, shown = traversal.traversal_figures(trav, dim=1, step=15, mod="rna", logp=2, n=5,
+                                                              extra=["G0007", "../x", 3])
+    assert shown[-1] == "G0007" and "../x" not in shown and len(shown) <= 7  # the user's feature, checked
+    assert [t.name for t in profile.data] == shown
+    at = str(traversal.decoded_at(trav, 1, 15, "rna", shown))
+    assert f"At z2 = {trav.steps[15]:g} σ the decoder gives" in at and "G0007" in at
     assert set(table.direction) <= {"positive", "negative"} and len(table) > 0
     assert (table.pvalue < 1e-2).all()
     assert sum(len(t.y) for t in bars.data) <= 10

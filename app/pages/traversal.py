@@ -75,12 +75,16 @@ def layout(cfg, run_id, query) -> html.Div:
             dbc.Col([dbc.Label("Bars per direction", className="mt-2"),
                      dbc.Input(id="trav-n", type="number", min=1, max=100, step=1, value=15)]),
         ]),
+        dbc.Label("Add features to the profile", className="mt-2"),
+        dcc.Dropdown(id="trav-extra", multi=True, options=[], value=[],
+                     placeholder="type a gene, protein or peak…"),
         html.Div(id="trav-count", className="small text-muted mt-2"),
         html.Div(id="trav-link", className="mt-2"),
     ]))
     return html.Div([
         dcc.Store(id="trav-run", data=view.id),
         dcc.Store(id="trav-defaults", data=default_p),
+        dcc.Store(id="trav-shown", data={}),
         html.H3(["Latent traversal ", html.Small(view.id, className="text-muted")]),
         *notes,
         dbc.Row([
@@ -88,7 +92,7 @@ def layout(cfg, run_id, query) -> html.Div:
             dbc.Col(components.figure_card("traversal-bars", None, "Associated features",
                                            loading=False), md=5),
             dbc.Col(components.figure_card("traversal-profile", None, "Decoded profile along the traversal",
-                                           loading=False),
+                                           loading=False, extra=[html.Div(id="trav-at")]),
                     md=4),
         ]),
         dbc.Card([dbc.CardHeader(["Associated features", components.csv_button("associated")]),
@@ -132,20 +136,39 @@ def associated(trav, dim: int, mod: str, logp: float | None):
     return trav.associated(int(dim), mod, pvalue=pvalue)
 
 
-def traversal_figures(trav, dim: int, step: int, mod: str, logp, n: int):
-    """(bars, profile, table) for one slider position; array slicing only, no decoding."""
+def profile_features(trav, table, mod: str, extra=None) -> list[str]:
+    """The profile's features: the top 3 of each direction, then the user's additions (known ones only)."""
+    top = list(table[table.direction == "positive"].feature[:N_PROFILE // 2]) + \
+        list(table[table.direction == "negative"].feature[:N_PROFILE // 2])
+    known = set(trav.features[mod])
+    added = [f for f in (extra if isinstance(extra, list) else []) if isinstance(f, str) and f in known]
+    return list(dict.fromkeys(top + added[:20]))
+
+
+def decoded_at(trav, dim: int, step: int, mod: str, features: list[str]):
+    """What the decoder gives at the traversal value: a line per feature (decoded mean, library-scaled)."""
+    if not features:
+        return ""
+    z = float(trav.steps[step])
+    values = trav.profile(dim, mod, features).iloc[step]
+    return html.Div([html.Span(f"At z{dim + 1} = {z:g} σ the decoder gives ({mod}, mean per cell): ",
+                               className="fw-semibold"),
+                     ", ".join(f"{f} {values[f]:.3g}" for f in features)], className="small", id="trav-at-text")
+
+
+def traversal_figures(trav, dim: int, step: int, mod: str, logp, n: int, extra=None):
+    """(bars, profile, table, features) for one slider position; array slicing only, no decoding."""
     table = associated(trav, dim, mod, logp)
     n = min(100, max(1, int(n or 15)))
     bars = figures.traversal_bars(table, n=n, title=f"z{dim + 1} · {mod}: {len(table)} associated "
                                   f"(the top {n} of each direction drawn)")
     occupied = tuple(trav.occupied[int(dim)] / trav.sigma[int(dim)])
-    top = list(table[table.direction == "positive"].feature[:N_PROFILE // 2]) + \
-        list(table[table.direction == "negative"].feature[:N_PROFILE // 2])
+    top = profile_features(trav, table, mod, extra)
     profile = trav.profile(int(dim), mod, top) if top else None
     z = float(trav.steps[int(step)])
     prof = figures.traversal_profile(profile, z_sigma=z, occupied=occupied,
                                      title=f"z{dim + 1} = {z:g} σ (shaded: where the cells lie)")
-    return bars, prof, table
+    return bars, prof, table, top
 
 
 def fits(trav, dim, step, mod) -> bool:
@@ -154,13 +177,13 @@ def fits(trav, dim, step, mod) -> bool:
         and isinstance(step, int) and 0 <= step < len(trav.steps)
 
 
-def export_figures(cfg, run_id, dim, step, mod, logp, n):
+def export_figures(cfg, run_id, dim, step, mod, logp, n, extra=None):
     """(bars, profile) as shown, rebuilt on the server (None when the settings do not fit the run)."""
     _, trav = _traversal(cfg, run_id)
     if not fits(trav, dim, step, mod):
         return None
     try:
-        bars, prof, _ = traversal_figures(trav, dim, step, mod, logp, n)
+        bars, prof, *_ = traversal_figures(trav, dim, step, mod, logp, n, extra)
     except (TypeError, ValueError):
         return None
     return bars, prof
@@ -187,39 +210,60 @@ def register(app, cfg) -> None:
     @app.callback(Output(components.graph_id("traversal-bars"), "figure"),
                   Output(components.graph_id("traversal-profile"), "figure"),
                   Output("trav-table", "children"), Output("trav-count", "children"),
-                  Output("page-state", "data", allow_duplicate=True),
+                  Output("page-state", "data", allow_duplicate=True), Output("trav-shown", "data"),
+                  Output("trav-at", "children"),
                   Input("trav-dim", "value"), Input("trav-mod", "value"),
-                  Input("trav-logp", "value"), Input("trav-n", "value"), State("trav-step", "value"),
-                  State("trav-run", "data"), prevent_initial_call="initial_duplicate")
-    def update(dim, mod, logp, n, step, run_id):
+                  Input("trav-logp", "value"), Input("trav-n", "value"), Input("trav-extra", "value"),
+                  State("trav-step", "value"), State("trav-run", "data"), prevent_initial_call="initial_duplicate")
+    def update(dim, mod, logp, n, extra, step, run_id):
         """Re-slice the cached traversal for the sliders and thresholds."""
         view, trav = _traversal(cfg, run_id)
         if not fits(trav, dim, step, mod):
-            return no_update, no_update, no_update, no_update, no_update
+            return (no_update,) * 7
         try:
-            bars, prof, table = traversal_figures(trav, dim, step, mod, logp, n)
+            bars, prof, table, shown = traversal_figures(trav, dim, step, mod, logp, n, extra)
         except (TypeError, ValueError):
-            return no_update, no_update, no_update, "the threshold and bars must be numbers", no_update
+            return (no_update,) * 3 + ("the threshold and bars must be numbers",) + (no_update,) * 3
         n_pos = int((table.direction == "positive").sum())
         link = lambda row: "/embeddings?" + urlencode({"run": run_id, "color": f"feat:{mod}:{row['feature']}"})
-        shown = table.drop(columns=["mean_low", "mean_high"], errors="ignore")
-        return (bars, prof, components.table(shown, TABLE_ROWS, link=link, id="trav-features"),
+        listed = table.drop(columns=["mean_low", "mean_high"], errors="ignore")
+        return (bars, prof, components.table(listed, TABLE_ROWS, link=link, id="trav-features"),
                 f"{n_pos} positive, {len(table) - n_pos} negative at p < 10^-{logp}; the table lists the "
                 f"first {min(TABLE_ROWS, len(table))} of {len(table)} (CSV: all)",
-                {"dim": dim, "mod": mod})
+                {"dim": dim, "mod": mod}, {"mod": mod, "features": shown},
+                decoded_at(trav, dim, step, mod, shown))
 
     @app.callback(Output(components.graph_id("traversal-profile"), "figure", allow_duplicate=True),
-                  Input("trav-step", "value"), State("trav-dim", "value"), State("trav-run", "data"),
-                  prevent_initial_call=True)
-    def move_marker(step, dim, run_id):
-        """A traversal-value step only moves the marker on the profile (a Patch)."""
+                  Output("trav-at", "children", allow_duplicate=True),
+                  Input("trav-step", "value"), State("trav-dim", "value"), State("trav-shown", "data"),
+                  State("trav-run", "data"), prevent_initial_call=True)
+    def move_marker(step, dim, shown, run_id):
+        """A traversal-value step moves the profile's marker (a Patch) and says what the decoder gives there."""
         _, trav = _traversal(cfg, run_id)
         if trav is None or not fits(trav, dim, step, trav.modalities[0]):
+            return no_update, no_update
+        shown = shown if isinstance(shown, dict) else {}
+        mod = shown.get("mod") if shown.get("mod") in trav.modalities else trav.modalities[0]
+        features = [f for f in shown.get("features") or [] if isinstance(f, str) and f in trav.features[mod]]
+        return marker_patch(trav, dim, step), decoded_at(trav, dim, step, mod, features)
+
+    @app.callback(Output("trav-extra", "options"), Input("trav-extra", "search_value"),
+                  State("trav-extra", "value"), State("trav-mod", "value"), State("trav-run", "data"),
+                  prevent_initial_call=True)
+    def search_features(text, chosen, mod, run_id):
+        """Features of the shown modality matching the typed text (any case), to add to the profile."""
+        _, trav = _traversal(cfg, run_id)
+        if trav is None or mod not in trav.modalities:
             return no_update
-        return marker_patch(trav, dim, step)
+        chosen = [c for c in (chosen if isinstance(chosen, list) else []) if isinstance(c, str)]
+        needle = (text or "").strip().lower()
+        hits = [f for f in trav.features[mod] if needle and needle in f.lower()]
+        hits.sort(key=lambda f: (f.lower() != needle, not f.lower().startswith(needle), len(f)))
+        return [{"label": f, "value": f} for f in dict.fromkeys(chosen + hits[:50])]
 
     states = [State("trav-run", "data"), State("trav-dim", "value"), State("trav-step", "value"),
-              State("trav-mod", "value"), State("trav-logp", "value"), State("trav-n", "value")]
+              State("trav-mod", "value"), State("trav-logp", "value"), State("trav-n", "value"),
+              State("trav-extra", "value")]
     for index, name in enumerate(("traversal-bars", "traversal-profile")):
         components.register_export(
             app, cfg, name, states,
