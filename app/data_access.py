@@ -223,6 +223,11 @@ class RunView:
             warnings.simplefilter("ignore")
             self.mdata = md.read_h5mu(self.path / runfolder.RESULTS_FILE)
         self.config = runfolder.read_config(self.path)
+        self.annotation = runfolder.read_annotation(self.path)
+        if self.annotation and CLUSTER_KEY in self.mdata.obs:
+            clusters = self.mdata.obs[CLUSTER_KEY].astype(str)
+            self.mdata.obs[runfolder.ANNOTATION_COLUMN] = pd.Categorical(
+                [self.annotation.get(c, f"cluster {c}") for c in clusters])
         self.modalities = list(self.config.get("modalities") or self.mdata.mod)
         missing = [m for m in self.modalities if m not in self.mdata.mod]
         if missing:
@@ -264,6 +269,11 @@ class RunView:
     def analysed(self) -> bool:
         return any(k.startswith(UMAP_KEY) for k in self.mdata.obsm)
 
+    def cluster_label(self, cluster: str) -> str:
+        """``name (cluster)`` when the user named the cluster, else ``cluster <id>``."""
+        name = self.annotation.get(str(cluster))
+        return f"{name} ({cluster})" if name else f"cluster {cluster}"
+
     def held_out(self) -> tuple[np.ndarray, str]:
         """(indices, words) of the cells quality is measured on: the test split when the run has one."""
         if SPLIT_KEY in self.mdata.obs:
@@ -276,7 +286,7 @@ class RunView:
     def obs_columns(self) -> list[str]:
         """obs columns offered as colours (cluster first)."""
         cols = [str(c) for c in self.mdata.obs.columns if c not in HIDDEN_OBS]
-        return sorted(cols, key=lambda c: (c != CLUSTER_KEY, c))
+        return sorted(cols, key=lambda c: (c != runfolder.ANNOTATION_COLUMN, c != CLUSTER_KEY, c))
 
     def colour_options(self, search: str | None = None, limit: int = 60) -> list[dict]:
         """Dropdown options for colour-by: obs columns, latent dims, then features matching ``search``.
@@ -427,12 +437,19 @@ class RunView:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(run_dir: str, mtime: float) -> RunView:
+def _load(run_dir: str, mtime: float, annotation_stamp: int) -> RunView:
     return RunView(Path(run_dir))
 
 
-#: why a run could not be opened, by (folder, results mtime)
-_PROBLEMS: dict[tuple[str, float], str] = {}
+#: why a run could not be opened, by (folder, results mtime, annotation mtime)
+_PROBLEMS: dict[tuple[str, float, int], str] = {}
+
+
+def _annotation_stamp(run_dir: Path) -> int:
+    try:
+        return (run_dir / runfolder.ANNOTATION_FILE).stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def get_run(run_dir: str | Path | None) -> RunView | None:
@@ -445,7 +462,7 @@ def get_run(run_dir: str | Path | None) -> RunView | None:
     mtime = results_mtime(Path(run_dir))
     if not mtime:
         return None
-    key = (str(Path(run_dir).resolve()), mtime)
+    key = (str(Path(run_dir).resolve()), mtime, _annotation_stamp(Path(run_dir)))
     if key in _PROBLEMS:
         return None
     try:
@@ -459,4 +476,5 @@ def run_problem(run_dir: str | Path | None) -> str | None:
     """Why :func:`get_run` could not open ``run_dir`` (None when it could, or never tried)."""
     if run_dir is None:
         return None
-    return _PROBLEMS.get((str(Path(run_dir).resolve()), results_mtime(Path(run_dir))))
+    return _PROBLEMS.get((str(Path(run_dir).resolve()), results_mtime(Path(run_dir)),
+                          _annotation_stamp(Path(run_dir))))

@@ -178,11 +178,16 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
 def _register_shell(app: Dash, cfg: AppConfig) -> None:
     page_modules = {path: module for path, _, module in PAGES}
 
-    @app.callback(Output("run-select", "options"), Input("runs-refresh", "n_intervals"),
-                  Input("url", "pathname"))
-    def refresh_runs(_n, _path):
-        """Keep the run picker in step with the runs folder (jobs finish, CLI runs appear)."""
-        return run_options(cfg)
+    @app.callback(Output("run-select", "options"), Output("run-select", "value", allow_duplicate=True),
+                  Input("runs-refresh", "n_intervals"), Input("url", "pathname"), State("run-select", "value"),
+                  prevent_initial_call=True)
+    def refresh_runs(_n, _path, picked):
+        """Keep the run picker in step with the runs folder (jobs finish, CLI runs appear); an empty
+        picker takes the newest run as soon as there is one."""
+        options = run_options(cfg)
+        if not picked and options:
+            return options, default_run(cfg)
+        return options, no_update
 
     @app.callback(Output("page", "children"), Output("run-select", "value"), Output("rendered", "data"),
                   Output("run-select", "options", allow_duplicate=True),
@@ -199,6 +204,8 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
         if trig == "run-select":
             if not picked or (rendered or {}) == {"path": path, "run": picked}:
                 return no_update, no_update, no_update, no_update
+            if path not in PAGE_QUERY:  # Data and Train do not show a run: keep the page (a job's monitor)
+                return no_update, no_update, {"path": path, "run": picked}, no_update
             if picked != query.get("run"):
                 query = {"run": picked}
             run = picked
@@ -278,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         app.run(host=args.host, port=args.port, debug=True, dev_tools_disable_version_check=True)
         return 0
     import waitress
+    from app import export
+    export.warm_up()  # start the figure renderer now, so even the first export is quick
     waitress.serve(app.server, host=args.host, port=args.port, threads=args.threads,
                    max_request_body_size=cfg.max_upload_mb * 2 ** 20 + 2 ** 20,
                    ident="scmm-app", clear_untrusted_proxy_headers=True)

@@ -91,19 +91,28 @@ def traversal(trav, dim: int, modality: str, n: int = 20, pvalue: float | None =
 
 def heatmap(table: pd.DataFrame, title: str | None = None, vmax: float | None = None,
             save: str | Path | None = None):
-    """Cluster x feature heatmap (e.g. a z-scored table of :func:`scmm.tl.heatmap_tables`)."""
-    values = table.to_numpy(dtype=float)
+    """Cluster x feature heatmap (e.g. a z-scored table of :func:`scmm.tl.heatmap_tables`).
+
+    Cells are drawn with ``pcolormesh``, so SVG and PDF files hold one vector
+    cell per value (``imshow`` would embed a raster image); every feature and
+    cluster is labelled, feature names rotated.
+    """
+    values = np.ma.masked_invalid(table.to_numpy(dtype=float))
     fig = _figure((max(4.0, 0.22 * table.shape[1] + 2), max(2.5, 0.3 * table.shape[0] + 1.5)))
     ax = fig.add_subplot()
-    limit = vmax or (float(np.nanmax(np.abs(values))) if values.size else 1.0) or 1.0
-    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                      interpolation="nearest")
+    finite = values.compressed()
+    limit = vmax or (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
+    mesh = ax.pcolormesh(np.arange(table.shape[1] + 1) - 0.5, np.arange(table.shape[0] + 1) - 0.5, values,
+                         cmap="RdBu_r", vmin=-limit, vmax=limit, edgecolors="none")
+    ax.set_xlim(-0.5, table.shape[1] - 0.5)
+    ax.set_ylim(table.shape[0] - 0.5, -0.5)  # first row on top, as in a table
     ax.set_xticks(np.arange(table.shape[1]))
     ax.set_xticklabels([str(c) for c in table.columns], rotation=90, fontsize=7)
     ax.set_yticks(np.arange(table.shape[0]))
     ax.set_yticklabels([str(i) for i in table.index], fontsize=8)
     ax.set_ylabel(table.index.name or "")
-    fig.colorbar(image, ax=ax, label="z-score", shrink=0.8)
+    bar = fig.colorbar(mesh, ax=ax, label="z-score", shrink=0.8)
+    bar.solids.set_rasterized(False)  # matplotlib rasterises colour bars of many levels
     if title:
         ax.set_title(title)
     if save is not None:

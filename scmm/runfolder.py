@@ -16,6 +16,7 @@ Files of a run folder::
     checkpoint.pt   tensors of a resumable run (weights_only=True); its
                     non-tensor state is JSON inside it
     settings.json   the settings an app job trains with (scmm.settings.Settings)
+    annotation.json names the user gave the clusters (several clusters, one name: merged)
     job.json        an app job: what was asked and its stage (the worker writes it)
     progress.json   written every epoch by ``scmm train --progress-file``
     CANCEL          asks a running training to stop
@@ -38,6 +39,7 @@ WEIGHTS_FILE = "model.pt"
 RESULTS_FILE = "results.h5mu"
 CHECKPOINT_FILE = "checkpoint.pt"
 SETTINGS_FILE = "settings.json"
+ANNOTATION_FILE = "annotation.json"
 JOB_FILE = "job.json"
 PROGRESS_FILE = "progress.json"
 CANCEL_FILE = "CANCEL"
@@ -357,6 +359,32 @@ def read_config(run_dir: str | Path) -> dict:
     if raw is None:
         raise FileNotFoundError(f"{run_dir} is not a scMM run folder (no {CONFIG_FILE})")
     return validate_model_config(raw, path)
+
+
+ANNOTATION_COLUMN = "annotation"
+
+
+def read_annotation(run_dir: str | Path) -> dict[str, str]:
+    """``{cluster: name}`` from the run's ``annotation.json`` ({} when absent; RunFileError when malformed)."""
+    path = Path(run_dir) / ANNOTATION_FILE
+    raw = read_json(path, max_bytes=2 ** 20)
+    if raw is None:
+        return {}
+    raw = _mapping(raw, path)
+    names = _mapping(raw.get("names", {}), path, "'names'")
+    return {_text(k, path, "cluster", 100, optional=False): _text(v, path, "name", 100, optional=False).strip()
+            for k, v in names.items()}
+
+
+def write_annotation(run_dir: str | Path, names: dict) -> None:
+    """Keep ``{cluster: name}`` (names of at most 100 characters; empty ones dropped) in the run."""
+    clean = {}
+    for cluster, name in names.items():
+        if not isinstance(cluster, str) or not isinstance(name, str) or len(name) > 100 or "\x00" in name:
+            raise ValueError(f"cluster names must be text of at most 100 characters, got {str(name)[:40]!r}")
+        if name.strip():
+            clean[cluster] = name.strip()
+    write_json_atomic(Path(run_dir) / ANNOTATION_FILE, {"column": CLUSTER_KEY, "names": clean})
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app import data_access
 import synthetic_run as synthetic
+from app import data_access
 from app.pages import embeddings, generation, traversal
 
 
@@ -174,3 +174,25 @@ def test_modality_names_and_kinds_are_checked_and_kept_per_dataset(tmp_path):
     assert data_access.dataset_naming(tmp_path, "y.h5mu") == {}
     data_access._naming_file(tmp_path, "x.h5mu").write_text("[1, 2]")  # a malformed file: no naming
     assert data_access.dataset_naming(tmp_path, "x.h5mu") == {}
+
+
+def test_named_clusters_become_an_annotation_and_name_heatmap_rows(tmp_path):
+    import shutil
+
+    from scmm import runfolder
+    run = tmp_path / "named"
+    shutil.copytree(synthetic.make_run(tmp_path / "src", n_cells=200, n_genes=30), run)
+    runfolder.write_annotation(run, {"0": "T cells", "1": "T cells", "2": " ", "3": "B cells"})
+    assert runfolder.read_annotation(run) == {"0": "T cells", "1": "T cells", "3": "B cells"}
+    view = data_access.get_run(run)
+    assert view.obs_columns()[0] == "annotation"
+    ann = view.mdata.obs["annotation"].astype(str)
+    clusters = view.mdata.obs["scmm_cluster"].astype(str)
+    assert set(ann[clusters.isin(["0", "1"])]) == {"T cells"} and set(ann[clusters == "2"]) == {"cluster 2"}
+    tables = generation.named(view.heatmap_tables(), view)
+    rows = list(tables["rna|original"].index)
+    assert "T cells (0)" in rows and "B cells (3)" in rows and rows == sorted(rows, key=str.lower)
+    with pytest.raises(ValueError):
+        runfolder.write_annotation(run, {"0": "x" * 101})
+    (run / "annotation.json").write_text('{"names": [1]}')  # malformed: the run is unreadable, says why
+    assert data_access.get_run(run) is None and "annotation.json" in data_access.run_problem(run)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+from dash import ALL, Input, Output, Patch, State, ctx, dcc, html, no_update
 
+from scmm import runfolder
+from scmm.runfolder import CLUSTER_KEY
 from scmm.tl.heatmap import rank_features
 
 from app import components, data_access, figures, processes
@@ -100,8 +102,29 @@ def layout(cfg, run_id, query) -> html.Div:
             dbc.Col(components.figure_card("embedding", None, "UMAP"), md=9),
         ]),
         dbc.Card([dbc.CardHeader("Top features of the selection"),
-                  dbc.CardBody(dcc.Loading(html.Div(id="sel-table"), delay_show=300))]),
+                  dbc.CardBody(dcc.Loading(html.Div(id="sel-table"), delay_show=300))], className="mb-3"),
+        naming_card(view),
     ])
+
+
+def naming_card(view) -> dbc.Card:
+    """Name the clusters (one name on several clusters merges them); saved in the run as 'annotation'."""
+    if CLUSTER_KEY not in view.mdata.obs:
+        return html.Div()
+    clusters = view.mdata.obs[CLUSTER_KEY].astype(str)
+    counts = clusters.value_counts()
+    order = sorted(counts.index, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+    rows = [html.Tr([html.Td(c), html.Td(f"{counts[c]:,}"),
+                     html.Td(dbc.Input(id={"role": "cl-name", "c": c}, value=view.annotation.get(c, ""),
+                                       size="sm", maxLength=100, placeholder="name"))]) for c in order]
+    return dbc.Card([
+        dbc.CardHeader("Name the clusters (the same name on several clusters merges them)"),
+        dbc.CardBody([
+            dbc.Table([html.Thead(html.Tr([html.Th("cluster"), html.Th("cells"), html.Th("name")])),
+                       html.Tbody(rows)], size="sm", className="small", style={"maxWidth": "520px"}),
+            dbc.Button("Save names", id="cl-save", size="sm", color="secondary"),
+            html.Div(id="cl-msg", className="small mt-2"),
+        ])])
 
 
 def colour_figure(view, emb_label: str, colour: str, selected=None, shown=None) -> object:
@@ -207,6 +230,28 @@ def register(app, cfg) -> None:
                                 State("emb-groups", "value")],
         lambda run_id, emb, colour, shown: export_figure(cfg, run_id, emb, colour, shown),
         lambda run_id, emb, colour, _shown: f"{run_id}_umap_{emb}_{str(colour).split(':')[-1]}")
+
+    @app.callback(Output("cl-msg", "children"), Output("emb-colour", "options", allow_duplicate=True),
+                  Output("emb-colour", "value"), Input("cl-save", "n_clicks"),
+                  State({"role": "cl-name", "c": ALL}, "value"), State({"role": "cl-name", "c": ALL}, "id"),
+                  State("emb-run", "data"), prevent_initial_call=True)
+    def save_names(_n, names, ids, run_id):
+        """Keep the cluster names in the run; the embedding is then coloured by them."""
+        view = _run(cfg, run_id)
+        if view is None or not isinstance(names, list) or not isinstance(ids, list) or len(names) != len(ids):
+            return no_update, no_update, no_update
+        known = set(view.mdata.obs[CLUSTER_KEY].astype(str)) if CLUSTER_KEY in view.mdata.obs else set()
+        chosen = {i.get("c"): n for i, n in zip(ids, names) if isinstance(i, dict) and i.get("c") in known
+                  and isinstance(n, str)}
+        try:
+            runfolder.write_annotation(view.path, chosen)
+        except (ValueError, OSError) as err:
+            return dbc.Alert(f"Not saved: {err}", color="danger", className="py-1"), no_update, no_update
+        view = _run(cfg, run_id)
+        groups = sorted({n.strip() for n in chosen.values() if n.strip()})
+        return (dbc.Alert(f"Saved {len(groups)} names for {len(known)} clusters; coloured by annotation.",
+                          color="success", className="py-1", id="cl-saved"),
+                view.colour_options(), f"obs:{runfolder.ANNOTATION_COLUMN}")
 
     @app.callback(Output("emb-colour", "options"), Input("emb-colour", "search_value"),
                   State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)

@@ -26,6 +26,20 @@ def _view(cfg, run_id):
     return data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
 
 
+def named(tables: dict, view) -> dict:
+    """The cluster x feature tables with rows named by the user's annotation and ordered by name."""
+    if not view.annotation:
+        return tables
+    out = {}
+    for key, table in tables.items():
+        if key == "similarity":
+            out[key] = table
+            continue
+        labels = [view.cluster_label(c) for c in table.index]
+        out[key] = table.set_axis(labels, axis=0).sort_index(key=lambda idx: idx.str.lower())
+    return out
+
+
 def panels(tables: dict, target: str, modalities: list[str]) -> tuple[dict, dict]:
     """The heatmap panels of ``target``: original, reconstruction, then each cross-modal generation."""
     chosen, titles = {}, {}
@@ -66,7 +80,8 @@ def layout(cfg, run_id, query) -> html.Div:
     ])], className="mb-3")
     return html.Div([
         dcc.Store(id="gen-run", data=view.id),
-        html.H3(["Cross-modal generation ", html.Small(view.id, className="text-muted")]),
+        html.H3(["Cross-modal generation ", html.Small(view.id, className="text-muted"),
+                 components.bundle_link(view.id)]),
         *notes,
         dbc.Row([
             dbc.Col([dbc.Label("Modality shown"),
@@ -210,7 +225,7 @@ def register(app, cfg) -> None:
         view = _view(cfg, run_id)
         if view is None:
             return (no_update,) * 6
-        tables = view.heatmap_tables()
+        tables = named(view.heatmap_tables(), view)
         chosen, titles = panels(tables, target, view.modalities)
         heat = figures.heatmaps(chosen, titles, title=f"{target}: marker features per cluster")
         feats = list(tables[f"{target}|original"].columns) if f"{target}|original" in tables else []
@@ -221,7 +236,7 @@ def register(app, cfg) -> None:
         view = _view(cfg, run_id)
         if view is None or target not in view.modalities:
             return None
-        tables = view.heatmap_tables()
+        tables = named(view.heatmap_tables(), view)
         chosen, titles = panels(tables, target, view.modalities)
         return figures.heatmaps(chosen, titles, title=f"{target}: marker features per cluster"), \
             cluster_scatter(tables, target, view.modalities)
@@ -280,7 +295,7 @@ def register(app, cfg) -> None:
         view = _view(cfg, run_id)
         if view is None:
             return no_update
-        chosen, titles = panels(view.heatmap_tables(), target, view.modalities)
+        chosen, titles = panels(named(view.heatmap_tables(), view), target, view.modalities)
         frames = []
         for key, frame in chosen.items():
             long = frame.rename_axis(index="cluster", columns="feature").stack().rename("z").reset_index()

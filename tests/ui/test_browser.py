@@ -188,6 +188,15 @@ def test_full_flow(dash_duo, tmp_path, shots):
     click_id(dash_duo, {"role": "csv", "t": "selection-cells"})
     cells_csv = wait_for_download(dash_duo.download_path, "_cells.csv")
     assert len(cells_csv.read_text().strip().splitlines()) == n_selected + 1
+    # name two clusters alike (merged), save: the embedding is coloured by the annotation, labelled
+    for cluster in ("0", "1"):
+        box = dash_duo.driver.execute_script("return document.getElementById(arguments[0]);",
+                                             json.dumps({"c": cluster, "role": "cl-name"}, separators=(",", ":")))
+        box.send_keys("Merged T")
+    click(dash_duo, "#cl-save")
+    dash_duo.wait_for_element("#cl-saved", timeout=60)
+    dash_duo.wait_for_contains_text(".gtitle", "annotation", timeout=60)
+    dash_duo.wait_for_contains_text(".js-plotly-plot", "Merged T", timeout=30)
 
     # 5. Traversal: bars, profile and table; CSV and PNG downloads
     visit(dash_duo, "/traversal", run=run_id, dim="1")
