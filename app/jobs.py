@@ -310,6 +310,8 @@ def _stage(job: dict | None, prog: dict | None, record: dict | None, has_model: 
     if job is not None:
         status = job["stage"]
         message = job["message"]
+        if status == "queued" and record is not None and record["state"] == "running":
+            status, message = "starting", "the worker is starting"
         if status in ("queued", "training") and prog is not None:
             status = {"running": "training", "saving": "saving", "done": "saving"}.get(prog["status"], status)
             message = prog["message"] or status
@@ -325,7 +327,7 @@ def progress(run_dir: str | Path, record: dict | None = None) -> dict:
 
     Returns ``{"run", "status", "epoch", "epochs", "history", "message", "dataset",
     "options", "has_model", "analysed", "created", "job_id", "position"}``.
-    ``status``: queued, training, saving, analysing, done, failed, cancelled,
+    ``status``: queued, starting, training, saving, analysing, done, failed, cancelled,
     or ``unreadable`` (a file of the run is malformed; ``message`` says which
     and why).
     """

@@ -84,7 +84,7 @@ def test_lasso_polygon_and_box(view):
 def test_embedding_figure_and_patch(view):
     fig = embeddings.colour_figure(view, "rna", "feat:prot:P01")
     assert fig.data[0].type == "scattergl" and "prot:P01" in fig.layout.title.text
-    patch = embeddings.colour_patch(view, "obs:cell_type", "rna").to_plotly_json()
+    patch = embeddings.colour_patch(view, "rna", *embeddings.coloured(view, "obs:cell_type")).to_plotly_json()
     assert any(op["location"] == ["data", 0, "marker"] for op in patch["operations"])
 
 

@@ -142,11 +142,15 @@ def colour_figure(view, emb_label: str, colour: str, selected=None, shown=None) 
                              selected=selected, uirevision=f"{view.id}:{emb_label}", labels=labels)
 
 
-def colour_patch(view, colour: str, emb_label: str) -> Patch:
+def coloured(view, colour: str) -> tuple[dict, dict]:
+    """(values of :meth:`RunView.colour`, their :func:`app.figures.colour_spec`), computed once per change."""
+    c = view.colour(colour)
+    return c, figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
+
+
+def colour_patch(view, emb_label: str, c: dict, spec: dict) -> Patch:
     """Only the new marker colours, hover values and group labels (the fast path of a colour change)."""
     key, _ = view.embeddings()[emb_label]
-    c = view.colour(colour)
-    spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
     patch = figures.recolour(Patch(), spec)
     patch["layout"]["title"]["text"] = f"{emb_label} latent: {c['label']}"
     patch["layout"]["annotations"] = figures.group_labels(view.coords(key), c["values"], c["categories"]) \
@@ -154,12 +158,10 @@ def colour_patch(view, colour: str, emb_label: str) -> Patch:
     return patch
 
 
-def group_legend(view, colour: str) -> tuple[list, list, dict]:
+def group_legend(c: dict, spec: dict) -> tuple[list, list, dict]:
     """(options, value, style) of the group checklist: one coloured entry per group, with its cell count."""
-    c = view.colour(colour)
     if c["kind"] != "categorical":
         return [], [], {"display": "none"}
-    spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
     counts = np.bincount(np.asarray(c["values"])[np.asarray(c["values"]) >= 0], minlength=len(c["categories"]))
     options = [{"label": html.Span([html.Span(className="legend-swatch", style={"backgroundColor": colr}),
                                     f" {name} ({counts[i]:,})"]), "value": i}
@@ -205,9 +207,10 @@ def register(app, cfg) -> None:
         if view is None or emb_label not in (view.embeddings() if view else {}):
             return figures.empty("no run"), no_update, [], [], {"display": "none"}
         state = {"color": colour, "emb": emb_label}
-        legend = group_legend(view, colour)
+        c, spec = coloured(view, colour)
+        legend = group_legend(c, spec)
         if ctx.triggered_id == "emb-colour":
-            return (colour_patch(view, colour, emb_label), state, *legend)
+            return (colour_patch(view, emb_label, c, spec), state, *legend)
         return (colour_figure(view, emb_label, colour), state, *legend)
 
     @app.callback(Output(graph, "figure", allow_duplicate=True), Input("emb-groups", "value"),
