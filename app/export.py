@@ -461,7 +461,7 @@ def run_figures(cfg, run_id: str) -> list[tuple[str, str, object]]:
                             f"features associated with latent z{dim + 1} ({mod}), top 15 of each direction", bars))
                 out.append((f"{view.id}_z{dim + 1}_{mod}_profile",
                             f"decoded {mod} profile of the top features along z{dim + 1}", prof))
-    tables = view.heatmap_tables()
+    tables = generation.named(view.heatmap_tables(), view)
     for target in view.modalities:
         chosen, titles = generation.panels(tables, target, view.modalities)
         if not chosen:
