@@ -78,3 +78,24 @@ def test_prediction_warnings_reach_the_page(server, tmp_path):
     text = json.dumps(result)
     assert "gen-query-done" in text and "partly missing input" in text
     assert "The library warned" in text and "training features are missing" in text and "filled with zeros" in text
+
+
+def test_a_query_that_measured_the_target_gets_its_quality(server, tmp_path):
+    """A query .h5mu holding both modalities: the prediction is compared with what it measured."""
+    import mudata as md
+    import scmm
+    data, runs = server["folder"] / "data", server["folder"] / "runs"
+    if not (runs / "tiny").exists():
+        mdata = scmm.demo.simulate(n_cells=300, seed=2)
+        mdata.write(tmp_path / "demo.h5mu")
+        subprocess.run([sys.executable, "-m", "scmm", "train", str(tmp_path / "demo.h5mu"), "--out",
+                        str(runs / "tiny"), "--epochs", "1", "--n-top-genes", "300", "--quiet"],
+                       cwd=ROOT, check=True, capture_output=True)
+    query = scmm.demo.simulate(n_cells=120, seed=9)
+    md.MuData({"rna": query.mod["rna"], "prot": query.mod["prot"]}).write(data / "both.h5mu")
+    result = json.dumps(server["client"].call(
+        "gen-query-status.children", {"gen-query-run.n_clicks": 1},
+        {"gen-query.value": "both.h5mu", "gen-query-source.value": "rna", "gen-query-target.value": "prot",
+         "gen-run.data": "tiny"}))
+    assert "gen-query-quality" in result and "Against the prot the query measured: median per-feature" in result
+    assert "120 cells" in result

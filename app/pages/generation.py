@@ -8,6 +8,7 @@ background callback), cached in the run folder under ``predictions/``.
 from __future__ import annotations
 
 import subprocess
+import warnings
 from pathlib import Path
 
 import dash_bootstrap_components as dbc
@@ -17,6 +18,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from scmm import runfolder
 from scmm.normalise import lognorm
+from scmm.tl.metrics import pearson
 
 from app import components, data_access, figures, processes
 from app.pages.embeddings import not_shown, run_missing
@@ -185,6 +187,37 @@ def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: 
     return None, warned
 
 
+def measured_quality(query: Path, target: str, predicted_csv: Path) -> str | None:
+    """When the query file also measured ``target`` (an .h5mu holding it): how well the
+    prediction matches, as words (median per-feature Pearson r of log-normalised values over the
+    cells and features both have); None when the query has no measured ``target``."""
+    if query.suffix != ".h5mu":
+        return None
+    import mudata as md
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            measured = md.read_h5mu(query).mod.get(target)
+    except (OSError, ValueError, KeyError):
+        return None
+    if measured is None:
+        return None
+    predicted = pd.read_csv(predicted_csv, index_col=0)
+    cells = predicted.index.intersection(measured.obs_names.astype(str))
+    features = predicted.columns.intersection(measured.var_names.astype(str))
+    if len(cells) < 3 or not len(features):
+        return f"the query measured {target}, but shares too few cells or features with the prediction to compare"
+    observed = measured[cells, features].X
+    observed = observed.toarray() if hasattr(observed, "toarray") else np.asarray(observed)
+    pred = predicted.loc[cells, features].to_numpy(dtype=np.float64)
+    r = [pearson(a, b) for a, b in zip(lognorm(observed).T, lognorm(pred).T)]
+    finite = [v for v in r if np.isfinite(v)]
+    if not finite:
+        return f"the query measured {target}, but every feature is constant: no Pearson r"
+    return (f"Against the {target} the query measured: median per-feature Pearson r = {np.median(finite):.3f} "
+            f"over {len(finite)} features and the query's {len(cells):,} cells (log-normalised)")
+
+
 def warnings_alert(warned: list[str], id: str):
     """The library's warnings as one alert (nothing when there were none)."""
     if not warned:
@@ -329,5 +362,7 @@ def register(app, cfg) -> None:
         done = f"predicted {target} from {source} for {data_access.dataset_label(cfg.data_dir, query)}"
         if warned:
             done += " — on partly missing input, see the warnings"
+        quality = measured_quality(query_path, target, out)
         return dcc.send_file(str(out), filename=f"{view.id}_{name}"), \
-            [html.Span(done, id="gen-query-done"), warnings_alert(warned, "gen-query-warnings")]
+            [html.Span(done, id="gen-query-done"), warnings_alert(warned, "gen-query-warnings"),
+             html.Div(quality, className="mt-1", id="gen-query-quality") if quality else None]
