@@ -431,6 +431,21 @@ class RunView:
                 self._traversal = None
         return self._traversal
 
+    def group_columns(self) -> list[str]:
+        """obs columns the heatmaps can be grouped by instead of the clusters (2 to 60 groups)."""
+        out = []
+        for col in self.obs_columns():
+            if col != CLUSTER_KEY and 2 <= self.mdata.obs[col].astype(str).nunique() <= 60:
+                out.append(col)
+        return out
+
+    def grouped_tables(self, column: str) -> dict[str, pd.DataFrame] | None:
+        """Tables grouped by ``column`` computed for the current groups (None until computed)."""
+        if column not in self.group_columns():
+            return None
+        return runfolder.read_heatmap_tables(self.path, labels=self.mdata.obs[column].astype(str),
+                                             folder=runfolder.grouped_folder(self.path, column))
+
     def heatmap_tables(self) -> dict[str, pd.DataFrame]:
         """Cluster x feature tables written by the analysis (``{name: DataFrame}``; empty when absent)."""
         return runfolder.read_heatmap_tables(self.path) or {}

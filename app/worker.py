@@ -10,6 +10,7 @@ here, in a separate process:
                         process group; SIGTERM (a cancel) ends the stage and
                         records "cancelled"; each stage dies with the worker.
 ``analyze RUN_DIR``     ``scmm.tl.analyze`` with its step messages in job.json
+``group RUN_DIR --groupby COL``  heatmap tables grouped by an obs column
 ``summarize PATH``      print the JSON summary of a dataset (or its read error)
 """
 from __future__ import annotations
@@ -97,6 +98,32 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_group(args) -> int:
+    """Cluster x feature tables of RUN_DIR grouped by obs column ``--groupby`` (the app's Generation page)."""
+    import scmm
+    from scmm.tl.heatmap import heatmap_tables
+    run_dir = Path(args.run_dir)
+    model = scmm.SCMM.load(run_dir)
+    mdata = model.mdata
+    column = args.groupby
+    if column == runfolder.ANNOTATION_COLUMN:
+        names = runfolder.read_annotation(run_dir)
+        mdata.obs[column] = [names.get(c, f"cluster {c}") for c in mdata.obs[runfolder.CLUSTER_KEY].astype(str)]
+    if column not in mdata.obs:
+        raise SystemExit(f"no cell annotation {column!r} in this run")
+    groups = mdata.obs[column].astype(str).astype("category")
+    if not 2 <= len(groups.cat.categories) <= 60:
+        raise SystemExit(f"{column!r} has {len(groups.cat.categories)} groups; grouping needs 2 to 60")
+    mdata.obs[column] = groups
+    tables = heatmap_tables(model, mdata, groupby=column)
+    folder = runfolder.grouped_folder(run_dir, column)
+    runfolder.write_heatmap_tables(tables, folder)
+    runfolder.write_json_atomic(folder / runfolder.SUMMARY_FILE, {
+        "column": column, "heatmap_tables": [k for k in tables if k != "similarity"],
+        "cluster_digest": runfolder.labels_digest(groups)})
+    return 0
+
+
 def cmd_job(args) -> int:
     """Train, then analyse; every stage change goes to job.json."""
     run_dir = Path(args.run_dir)
@@ -162,6 +189,10 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.add_argument("run_dir")
         p.set_defaults(func=fn)
+    p = sub.add_parser("group")
+    p.add_argument("run_dir")
+    p.add_argument("--groupby", required=True)
+    p.set_defaults(func=cmd_group)
     p = sub.add_parser("summarize")
     p.add_argument("path")
     p.add_argument("--naming", default=None, help='JSON {"names": {file name: new}, "kinds": {name: kind}}')

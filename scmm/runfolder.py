@@ -442,16 +442,25 @@ def write_heatmap_tables(tables: dict, folder: str | Path) -> list[Path]:
     return paths
 
 
-def read_heatmap_tables(run_dir: str | Path, labels=None) -> dict | None:
-    """The cluster x feature tables saved by ``scmm analyze`` (``{key: DataFrame}``).
+GROUPED_DIR = "grouped"
 
-    None when the run has none, when ``labels`` (current clusters) differ from
+
+def grouped_folder(run_dir: str | Path, column: str) -> Path:
+    """Where the tables grouped by obs ``column`` (instead of the clusters) are kept in a run."""
+    return Path(run_dir) / ANALYSIS_DIR / GROUPED_DIR / hashlib.sha1(str(column).encode()).hexdigest()[:12]
+
+
+def read_heatmap_tables(run_dir: str | Path, labels=None, folder: str | Path | None = None) -> dict | None:
+    """The cluster x feature tables saved by ``scmm analyze`` (``{key: DataFrame}``), or those in
+    ``folder`` (tables grouped by another column, :func:`grouped_folder`).
+
+    None when there are none, when ``labels`` (current groups) differ from
     those the tables were made with, or when the summary or a table is
     malformed (keys are checked before they become file names).
     """
     import pandas as pd
 
-    folder = Path(run_dir) / ANALYSIS_DIR
+    folder = Path(folder) if folder is not None else Path(run_dir) / ANALYSIS_DIR
     try:
         saved = read_json(folder / SUMMARY_FILE)
     except RunFileError:

@@ -59,18 +59,23 @@ def test_a_valid_request_shows_no_note(server):
     assert "Cannot show" not in text
 
 
-def test_prediction_warnings_reach_the_page(server, tmp_path):
+@pytest.fixture(scope="module")
+def tiny(server, tmp_path_factory):
+    """A real (1-epoch) run of the demo in the server's runs folder; returns the demo file."""
+    import scmm
+    demo = tmp_path_factory.mktemp("tiny") / "demo.h5mu"
+    scmm.demo.simulate(n_cells=300, seed=2).write(demo)
+    out = subprocess.run([sys.executable, "-m", "scmm", "train", str(demo), "--out", str(server["folder"] / "runs" / "tiny"),
+                          "--epochs", "1", "--n-top-genes", "300", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return demo
+
+
+def test_prediction_warnings_reach_the_page(server, tiny):
     """A query missing most training genes: the library's zero-fill warning is shown beside the result."""
     import mudata as md
-    import scmm
-    data, runs = server["folder"] / "data", server["folder"] / "runs"
-    mdata = scmm.demo.simulate(n_cells=300, seed=2)
-    mdata.write(tmp_path / "demo.h5mu")
-    out = subprocess.run([sys.executable, "-m", "scmm", "train", str(tmp_path / "demo.h5mu"), "--out",
-                          str(runs / "tiny"), "--epochs", "1", "--n-top-genes", "300", "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    query = md.read_h5mu(tmp_path / "demo.h5mu").mod["rna"][:50, :40].copy()
+    data = server["folder"] / "data"
+    query = md.read_h5mu(tiny).mod["rna"][:50, :40].copy()
     query.write_h5ad(data / "query.h5ad")
     result = server["client"].call("gen-query-status.children", {"gen-query-run.n_clicks": 1},
                                    {"gen-query.value": "query.h5ad", "gen-query-source.value": "rna",
@@ -80,17 +85,11 @@ def test_prediction_warnings_reach_the_page(server, tmp_path):
     assert "The library warned" in text and "training features are missing" in text and "filled with zeros" in text
 
 
-def test_a_query_that_measured_the_target_gets_its_quality(server, tmp_path):
+def test_a_query_that_measured_the_target_gets_its_quality(server, tiny):
     """A query .h5mu holding both modalities: the prediction is compared with what it measured."""
     import mudata as md
     import scmm
-    data, runs = server["folder"] / "data", server["folder"] / "runs"
-    if not (runs / "tiny").exists():
-        mdata = scmm.demo.simulate(n_cells=300, seed=2)
-        mdata.write(tmp_path / "demo.h5mu")
-        subprocess.run([sys.executable, "-m", "scmm", "train", str(tmp_path / "demo.h5mu"), "--out",
-                        str(runs / "tiny"), "--epochs", "1", "--n-top-genes", "300", "--quiet"],
-                       cwd=ROOT, check=True, capture_output=True)
+    data = server["folder"] / "data"
     query = scmm.demo.simulate(n_cells=120, seed=9)
     md.MuData({"rna": query.mod["rna"], "prot": query.mod["prot"]}).write(data / "both.h5mu")
     result = json.dumps(server["client"].call(
@@ -99,3 +98,18 @@ def test_a_query_that_measured_the_target_gets_its_quality(server, tmp_path):
          "gen-run.data": "tiny"}))
     assert "gen-query-quality" in result and "Against the prot the query measured: median per-feature" in result
     assert "120 cells" in result
+
+
+def test_heatmap_rows_can_be_any_cell_annotation(server, tiny):
+    """Group the heatmaps by the demo's cell types instead of clusters: computed once, then shown."""
+    client = server["client"]
+    out = client.call("gen-grouped.data", {"gen-groupby.value": "cell_type"},
+                      {"gen-run.data": "tiny", "gen-grouped.data": 0})
+    assert out["gen-grouped.data"] == 1 and "rows: the groups of cell_type" in json.dumps(out)
+    shown = json.dumps(client.call('{"g":"heatmaps","role":"graph"}.figure',
+                                   {"gen-target.value": "prot", "gen-groupby.value": "cell_type", "gen-grouped.data": 1},
+                                   {"gen-run.data": "tiny"}, trigger="gen-groupby.value"))
+    assert "marker features per cell_type" in shown and "CD4 T" in shown
+    refused = json.dumps(client.call("gen-grouped.data", {"gen-groupby.value": "../x"},
+                                     {"gen-run.data": "tiny", "gen-grouped.data": 0}))
+    assert "is not a grouping of this run" in refused

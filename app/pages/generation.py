@@ -28,6 +28,14 @@ def _view(cfg, run_id):
     return data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
 
 
+def row_tables(view, groupby) -> dict | None:
+    """The tables for the chosen rows: clusters (named by the annotation), or an obs column's groups
+    (None while they are not computed)."""
+    if not groupby:
+        return named(view.heatmap_tables(), view)
+    return view.grouped_tables(groupby)
+
+
 def named(tables: dict, view) -> dict:
     """The cluster x feature tables with rows named by the user's annotation and ordered by name."""
     if not view.annotation:
@@ -88,9 +96,15 @@ def layout(cfg, run_id, query) -> html.Div:
         dbc.Row([
             dbc.Col([dbc.Label("Modality shown"),
                      dbc.RadioItems(id="gen-target", options=[{"label": m, "value": m} for m in mods],
-                                    value=target, inline=True)], md=4),
-            dbc.Col(html.Div(id="gen-similarity"), md=8),
+                                    value=target, inline=True)], md=3),
+            dbc.Col([dbc.Label("Rows: groups of cells"),
+                     dcc.Dropdown(id="gen-groupby", clearable=False, value="",
+                                  options=[{"label": "clusters", "value": ""}] +
+                                  [{"label": c, "value": c} for c in view.group_columns()]),
+                     html.Div(id="gen-group-msg", className="small")], md=3),
+            dbc.Col(html.Div(id="gen-similarity"), md=6),
         ], className="mb-2"),
+        dcc.Store(id="gen-grouped", data=0),
         components.figure_card("heatmaps", None, "Cluster x feature (z-scored), all cells: training and test"),
         dbc.Row([
             dbc.Col(components.figure_card("pred-obs", None, "Generated vs original (cluster x feature, all cells)"), md=6),
@@ -251,34 +265,37 @@ def register(app, cfg) -> None:
                   Output("gen-similarity", "children"), Output("gen-cell-feature", "options"),
                   Output("gen-cell-feature", "value"),
                   Output("page-state", "data", allow_duplicate=True),
-                  Input("gen-target", "value"), State("gen-run", "data"),
-                  prevent_initial_call="initial_duplicate")
-    def show(target, run_id):
-        """Heatmaps side by side and the cluster-level scatter for the chosen modality."""
+                  Input("gen-target", "value"), Input("gen-groupby", "value"), Input("gen-grouped", "data"),
+                  State("gen-run", "data"), prevent_initial_call="initial_duplicate")
+    def show(target, groupby, _ready, run_id):
+        """Heatmaps side by side and the group-level scatter for the chosen modality and grouping."""
         view = _view(cfg, run_id)
         if view is None:
             return (no_update,) * 6
-        tables = named(view.heatmap_tables(), view)
+        tables = row_tables(view, groupby)
+        if tables is None:
+            waiting = figures.empty(f"tables grouped by {str(groupby)[:60]} are being computed…", height=300)
+            return waiting, waiting, "", [], None, {"target": target}
         chosen, titles = panels(tables, target, view.modalities)
-        heat = figures.heatmaps(chosen, titles, title=f"{target}: marker features per cluster")
+        heat = figures.heatmaps(chosen, titles, title=f"{target}: marker features per {groupby or 'cluster'}")
         feats = list(tables[f"{target}|original"].columns) if f"{target}|original" in tables else []
         return (heat, cluster_scatter(tables, target, view.modalities), similarity_view(tables, target),
                 feats, feats[0] if feats else None, {"target": target})
 
-    def export_panels(run_id, target):
+    def export_panels(run_id, target, groupby):
         view = _view(cfg, run_id)
-        if view is None or target not in view.modalities:
+        tables = row_tables(view, groupby) if view is not None and target in view.modalities else None
+        if tables is None:
             return None
-        tables = named(view.heatmap_tables(), view)
         chosen, titles = panels(tables, target, view.modalities)
-        return figures.heatmaps(chosen, titles, title=f"{target}: marker features per cluster"), \
+        return figures.heatmaps(chosen, titles, title=f"{target}: marker features per {groupby or 'cluster'}"), \
             cluster_scatter(tables, target, view.modalities)
 
     for index, name in enumerate(("heatmaps", "pred-obs")):
         components.register_export(
-            app, cfg, name, [State("gen-run", "data"), State("gen-target", "value")],
-            lambda run_id, target, i=index: (export_panels(run_id, target) or (None, None))[i],
-            lambda run_id, target, kind=name: f"{run_id}_{target}_{kind}")
+            app, cfg, name, [State("gen-run", "data"), State("gen-target", "value"), State("gen-groupby", "value")],
+            lambda run_id, target, groupby, i=index: (export_panels(run_id, target, groupby) or (None, None))[i],
+            lambda run_id, target, groupby, kind=name: f"{run_id}_{target}_{kind}" + (f"_by_{groupby}" if groupby else ""))
 
     def export_cells_figure(run_id, target, feature):
         view = _view(cfg, run_id)
@@ -295,6 +312,32 @@ def register(app, cfg) -> None:
         app, cfg, "pred-cells", [State("gen-run", "data"), State("gen-target", "value"),
                                  State("gen-cell-feature", "value")],
         export_cells_figure, lambda run_id, target, feature: f"{run_id}_{target}_{feature}_predicted_vs_observed")
+
+    @app.callback(Output("gen-grouped", "data"), Output("gen-group-msg", "children"),
+                  Input("gen-groupby", "value"), State("gen-run", "data"), State("gen-grouped", "data"),
+                  background=True, prevent_initial_call=True)
+    def compute_grouped(groupby, run_id, ready):
+        """Compute the tables grouped by an obs column once (a child process in a work slot)."""
+        processes.exit_with_parent()
+        view = _view(cfg, run_id)
+        if view is None or not groupby:
+            return no_update, ""
+        if groupby not in view.group_columns():
+            return no_update, dbc.Alert(f"{str(groupby)[:60]!r} is not a grouping of this run", color="warning",
+                                        className="py-1")
+        if view.grouped_tables(groupby) is not None:
+            return (ready or 0) + 1, ""
+        try:
+            with processes.work_slot(cfg.slots_dir, cfg.work_slots, wait=300):
+                proc = processes.run_child(processes.python_command("app.worker", "group", view.path,
+                                                                    "--groupby", groupby), timeout=900)
+        except (processes.Busy, subprocess.TimeoutExpired) as err:
+            return no_update, dbc.Alert(str(err) or "timed out", color="warning", className="py-1")
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            return no_update, dbc.Alert(f"grouping failed: {(lines or ['?'])[-1][:300]}", color="danger",
+                                        className="py-1")
+        return (ready or 0) + 1, f"rows: the groups of {groupby}"
 
     @app.callback(Output(components.graph_id("pred-cells"), "figure"),
                   Input("gen-cells-run", "n_clicks"), Input("gen-cell-feature", "value"),
@@ -322,20 +365,22 @@ def register(app, cfg) -> None:
 
     @app.callback(Output({"role": "csv-download", "t": "heatmap"}, "data"),
                   Input({"role": "csv", "t": "heatmap"}, "n_clicks"),
-                  State("gen-target", "value"), State("gen-run", "data"), prevent_initial_call=True)
-    def heatmap_csv(_n, target, run_id):
+                  State("gen-target", "value"), State("gen-groupby", "value"), State("gen-run", "data"),
+                  prevent_initial_call=True)
+    def heatmap_csv(_n, target, groupby, run_id):
         """The shown heatmap tables in one long CSV (panel, cluster, feature, z)."""
         view = _view(cfg, run_id)
-        if view is None:
+        tables = row_tables(view, groupby) if view is not None else None
+        if tables is None:
             return no_update
-        chosen, titles = panels(named(view.heatmap_tables(), view), target, view.modalities)
+        chosen, titles = panels(tables, target, view.modalities)
         frames = []
         for key, frame in chosen.items():
-            long = frame.rename_axis(index="cluster", columns="feature").stack().rename("z").reset_index()
+            long = frame.rename_axis(index=groupby or "cluster", columns="feature").stack().rename("z").reset_index()
             long.insert(0, "panel", titles[key])
             frames.append(long)
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return dict(content=table.to_csv(index=False), filename=components.safe_name(f"{view.id}_{target}_heatmaps") + ".csv")
+        return dict(content=table.to_csv(index=False), filename=components.safe_name(f"{view.id}_{target}_heatmaps" + (f"_by_{groupby}" if groupby else "")) + ".csv")
 
     @app.callback(Output("gen-query-download", "data"), Output("gen-query-status", "children"),
                   Input("gen-query-run", "n_clicks"), State("gen-query", "value"),
