@@ -204,10 +204,12 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
         if trig == "run-select":
             if not picked or (rendered or {}) == {"path": path, "run": picked}:
                 return no_update, no_update, no_update, no_update
-            if path not in PAGE_QUERY:  # Data and Train do not show a run: keep the page (a job's monitor)
+            if path not in PAGE_QUERY and (rendered or {}).get("path") == path:
+                # Data and Train do not show a run: keep the page (a job's monitor) once it is drawn;
+                # before that, render it (this call supersedes the first one, whose page Dash drops)
                 return no_update, no_update, {"path": path, "run": picked}, no_update
-            if picked != query.get("run"):
-                query = {"run": picked}
+            if picked != query.get("run"):  # another run: a result page's settings belonged to the old one
+                query = {"run": picked} if path in PAGE_QUERY else {**query, "run": picked}
             run = picked
         else:
             run = query.get("run") or picked or default_run(cfg)

@@ -130,6 +130,7 @@ def test_full_flow(dash_duo, tmp_path, shots):
     (data_dir / "broken.h5ad").write_bytes(b"this is not an HDF5 file")
     app = create_app(data_dir, runs_dir, tmp_path / "cache")
     dash_duo.start_server(app)
+    dash_duo.driver.set_window_size(1366, 768)  # a laptop screen: the README screenshots' size
 
     # 1. Data: the demo is preloaded and summarised; a bad file shows the reader's error
     dash_duo.wait_for_contains_text("#data-ncells", "3,000 cells", timeout=90)
