@@ -194,6 +194,9 @@ def register_export(app, cfg, name: str, states: list, build, filename, title=No
                 data = export.render(figure, fmt, w, h, s, run_id=run, title=text)
         except processes.Busy as err:
             return no_update, dbc.Alert(str(err), color="warning", className="py-1 mt-2")
+        except Exception as err:  # the renderer (headless Chromium) failed: say so in the page
+            return no_update, dbc.Alert(f"Export failed: {type(err).__name__}: {str(err)[:300]}", color="danger",
+                                        className="py-1 mt-2", id={"role": "export-error", "g": name})
         size = f"{w * s:.0f} × {h * s:.0f} px" if fmt == "png" else f"{w} × {h} px, vector"
         return dcc.send_bytes(data, f"{safe_name(filename(*values))}.{fmt}"), \
             html.Span(f"exported {fmt.upper()}, {size}", className="text-muted ms-2")

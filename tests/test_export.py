@@ -171,6 +171,16 @@ def test_card_export_uses_the_users_size_and_refuses_bad_ones(app):
     assert "width must be between 200 and 6000" in json.dumps(out)
 
 
+def test_a_renderer_failure_is_said_in_the_page(app, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Chrome not found")
+
+    monkeypatch.setattr(export, "render", broken)
+    states = {"emb-run": "syn", "emb-key": "joint", "emb-colour": "obs:scmm_cluster"}
+    out = json.dumps(call_export(app, "embedding", "png", states))
+    assert "Export failed: RuntimeError: Chrome not found" in out and '"data"' not in out
+
+
 def test_bundle_holds_every_figure_and_table_with_a_manifest(app, run_dir):
     cfg = app.scmm_config
     data = export.bundle(cfg, "syn", formats=("svg",))
