@@ -196,3 +196,16 @@ def test_named_clusters_become_an_annotation_and_name_heatmap_rows(tmp_path):
         runfolder.write_annotation(run, {"0": "x" * 101})
     (run / "annotation.json").write_text('{"names": [1]}')  # malformed: the run is unreadable, says why
     assert data_access.get_run(run) is None and "annotation.json" in data_access.run_problem(run)
+
+
+def test_the_traversal_point_is_placed_among_its_nearest_cells(view):
+    trav = view.traversal()
+    x, y = traversal.traversal_point(view, trav, dim=2, step=15)
+    latent = np.asarray(view.mdata.obsm["X_scmm"], dtype=np.float64)
+    point = np.zeros(latent.shape[1])
+    point[2] = trav.grid[2, 15]
+    nearest = np.argsort(((latent - point) ** 2).sum(axis=1))[:traversal.NEIGHBOURS]
+    xy = view.coords("X_umap_scmm")[nearest]
+    assert np.allclose((x, y), xy.mean(axis=0), atol=1e-5)
+    fig = traversal.traversal_umap(view, trav, 2, 15)
+    assert len(fig.data) == 2 and fig.data[1].marker.symbol == "star" and "z3" in fig.layout.title.text

@@ -12,6 +12,7 @@ import math
 from urllib.parse import urlencode
 
 import dash_bootstrap_components as dbc
+import numpy as np
 import pandas as pd
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
@@ -81,6 +82,9 @@ def layout(cfg, run_id, query) -> html.Div:
         html.Div(id="trav-count", className="small text-muted mt-2"),
         html.Div(id="trav-link", className="mt-2"),
     ]))
+    umap_card = [] if "joint" not in view.embeddings() or LATENT_KEY not in view.mdata.obsm else [
+        components.figure_card("traversal-umap", None, f"Where the traversal value lies among the cells (the mean "
+                               f"UMAP position of the {NEIGHBOURS} nearest cells in the latent space)", loading=False)]
     return html.Div([
         dcc.Store(id="trav-run", data=view.id),
         dcc.Store(id="trav-defaults", data=default_p),
@@ -95,6 +99,7 @@ def layout(cfg, run_id, query) -> html.Div:
                                            loading=False, extra=[html.Div(id="trav-at")]),
                     md=4),
         ]),
+        *umap_card,
         dbc.Card([dbc.CardHeader(["Associated features", components.csv_button("associated")]),
                   dbc.CardBody(html.Div(id="trav-table"))], className="mb-3"),
         dbc.Card([dbc.CardHeader("All dimensions, strongest first"),
@@ -189,6 +194,39 @@ def export_figures(cfg, run_id, dim, step, mod, logp, n, extra=None):
     return bars, prof
 
 
+NEIGHBOURS = 15
+
+
+def traversal_point(view, trav, dim: int, step: int, k: int = NEIGHBOURS) -> tuple[float, float] | None:
+    """Where the latent point of the traversal (z_dim at the step, the other dimensions 0) lies on
+    the joint UMAP: the mean UMAP position of its ``k`` nearest cells in the latent space
+    (an approximation: UMAP has no inverse here).  None without a joint latent and UMAP."""
+    embeddings = view.embeddings()
+    if LATENT_KEY not in view.mdata.obsm or "joint" not in embeddings:
+        return None
+    latent = np.asarray(view.mdata.obsm[LATENT_KEY], dtype=np.float64)
+    point = np.zeros(latent.shape[1])
+    point[dim] = trav.grid[dim, step]
+    distance = ((latent - point) ** 2).sum(axis=1)
+    nearest = np.argpartition(distance, min(k, len(distance) - 1))[:k]
+    xy = view.coords(embeddings["joint"][0])[nearest]
+    return float(xy[:, 0].mean()), float(xy[:, 1].mean())
+
+
+def traversal_umap(view, trav, dim: int, step: int):
+    """The joint UMAP coloured by the cells' z_dim, with the traversal point marked (a star)."""
+    key, axes = view.embeddings()["joint"]
+    c = view.colour(f"z:{dim}")
+    fig = figures.embedding(view.coords(key), figures.colour_spec(c["values"], c["kind"], c["label"]),
+                            view.cell_ids, title=f"joint UMAP coloured by z{dim + 1}; ★ the traversal value",
+                            axis_names=axes, uirevision=f"{view.id}:trav")
+    x, y = traversal_point(view, trav, dim, step) or (None, None)
+    fig.add_scatter(x=[x], y=[y], mode="markers", name="traversal", hoverinfo="skip", showlegend=False,
+                    marker={"symbol": "star", "size": 18, "color": "black", "line": {"width": 1, "color": "white"}})
+    fig.update_layout(height=420, dragmode="pan")
+    return fig
+
+
 def marker_patch(trav, dim: int, step: int) -> Patch:
     """Move the profile's traversal marker to grid point ``step`` (nothing else is sent)."""
     z = float(trav.steps[int(step)])
@@ -246,6 +284,40 @@ def register(app, cfg) -> None:
         mod = shown.get("mod") if shown.get("mod") in trav.modalities else trav.modalities[0]
         features = [f for f in shown.get("features") or [] if isinstance(f, str) and f in trav.features[mod]]
         return marker_patch(trav, dim, step), decoded_at(trav, dim, step, mod, features)
+
+    def umap_export(run_id, dim, step):
+        view, trav = _traversal(cfg, run_id)
+        if view is None or not fits(trav, dim, step, trav.modalities[0] if trav else None) \
+                or traversal_point(view, trav, dim, step) is None:
+            return None
+        return traversal_umap(view, trav, dim, step)
+
+    components.register_export(
+        app, cfg, "traversal-umap", [State("trav-run", "data"), State("trav-dim", "value"), State("trav-step", "value")],
+        umap_export, lambda run_id, dim, step: f"{run_id}_z{dim + 1 if isinstance(dim, int) else ''}_umap_point")
+
+    @app.callback(Output(components.graph_id("traversal-umap"), "figure"), Input("trav-dim", "value"),
+                  State("trav-step", "value"), State("trav-run", "data"))
+    def draw_umap(dim, step, run_id):
+        """The joint UMAP coloured by the chosen dimension, the traversal point marked."""
+        fig = umap_export(run_id, dim, step)
+        return fig if fig is not None else no_update
+
+    @app.callback(Output(components.graph_id("traversal-umap"), "figure", allow_duplicate=True),
+                  Input("trav-step", "value"), State("trav-dim", "value"), State("trav-run", "data"),
+                  prevent_initial_call=True)
+    def move_star(step, dim, run_id):
+        """A traversal-value step moves only the star (a Patch of two numbers)."""
+        view, trav = _traversal(cfg, run_id)
+        if view is None or not fits(trav, dim, step, trav.modalities[0] if trav else None):
+            return no_update
+        point = traversal_point(view, trav, dim, step)
+        if point is None:
+            return no_update
+        patch = Patch()
+        patch["data"][1]["x"] = [point[0]]
+        patch["data"][1]["y"] = [point[1]]
+        return patch
 
     @app.callback(Output("trav-extra", "options"), Input("trav-extra", "search_value"),
                   State("trav-extra", "value"), State("trav-mod", "value"), State("trav-run", "data"),
