@@ -433,15 +433,21 @@ def _versions() -> dict:
     return out
 
 
+def _run_and_history(cfg, run_id: str):
+    """(the run's view, its training history) — (None, []) for an id that is not a readable run."""
+    from app import data_access
+    view = data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
+    return view, (view.config.get("history") or []) if view is not None else []
+
+
 def run_figures(cfg, run_id: str) -> list[tuple[str, str, object]]:
     """``[(file stem, what it shows, figure)]``: every figure of run ``run_id``, from the pages' own builders."""
-    from app import data_access, figures
+    from app import figures
     from app.pages import embeddings, generation, traversal
-    view = data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
+    view, history = _run_and_history(cfg, run_id)
     if view is None:
         return []
     out = []
-    history = view.config.get("history") or []
     if history:
         out.append((f"{view.id}_loss", "training and test loss by epoch",
                     figures.loss_curve(history, title=f"Loss: {view.id}")))
@@ -477,14 +483,12 @@ def run_figures(cfg, run_id: str) -> list[tuple[str, str, object]]:
 def run_tables(cfg, run_id: str) -> list[tuple[str, str, bytes]]:
     """``[(file name, what it holds, CSV bytes)]``: every table of run ``run_id``."""
     import pandas as pd
-    from app import data_access
     from app.pages import traversal
     from scmm import runfolder
-    view = data_access.get_run(data_access.resolve_run(cfg.runs_dir, run_id))
+    view, history = _run_and_history(cfg, run_id)
     if view is None:
         return []
     out = []
-    history = view.config.get("history") or []
     if history:
         out.append((f"{view.id}_loss.csv", "loss by epoch", pd.DataFrame(history).to_csv(index=False).encode()))
     cells = view.mdata.obs[view.obs_columns()].copy()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -340,7 +341,7 @@ def progress(run_dir: str | Path, record: dict | None = None) -> dict:
     try:
         job = runfolder.read_job(run_dir)
         prog = runfolder.read_progress(run_dir)
-        config = runfolder.read_config(run_dir) if (run_dir / runfolder.CONFIG_FILE).exists() else None
+        config = _read_config(run_dir)
     except (RunFileError, OSError) as err:
         state["message"] = str(err)
         return state
@@ -360,6 +361,24 @@ def progress(run_dir: str | Path, record: dict | None = None) -> dict:
         state["created"] = state["created"] or job["created"]
     state["created"] = state["created"] or (prog or {}).get("started") or _config_time(run_dir)
     return state
+
+
+def _read_config(run_dir: Path) -> dict | None:
+    """The run's validated config.json (None when absent), parsed once per version of the file.
+
+    The runs table polls every run every 2 s; a config lists every feature name
+    (tens of thousands of peaks), so it is re-read only when it changes.
+    """
+    try:
+        st = (run_dir / runfolder.CONFIG_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return _parsed_config(str(run_dir), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_config(run_dir: str, mtime_ns: int, size: int) -> dict:
+    return runfolder.read_config(run_dir)
 
 
 def _config_time(run_dir: Path) -> float:

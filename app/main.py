@@ -93,17 +93,20 @@ def parse_query(search: str | None) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items() if v}
 
 
-def run_options(cfg: AppConfig) -> list[dict]:
-    """Runs with a saved model for the run picker, newest first (unreadable runs are left out)."""
+def viewable_runs(cfg: AppConfig) -> list[dict]:
+    """Runs with a saved, readable model, newest first (read once per callback)."""
+    return [r for r in jobs.list_runs(cfg.runs_dir, cfg.queue)
+            if r["has_model"] and r["status"] not in ("failed", "unreadable")]
+
+
+def run_options(runs: list[dict]) -> list[dict]:
+    """The run picker's options for :func:`viewable_runs`."""
     return [{"label": f"{r['run']}" + ("" if r["analysed"] else " (not analysed)"), "value": r["run"]}
-            for r in jobs.list_runs(cfg.runs_dir, cfg.queue)
-            if r["has_model"] and r["status"] not in ("failed", "unreadable")]
+            for r in runs]
 
 
-def default_run(cfg: AppConfig) -> str | None:
-    """The newest analysed run, else the newest trained one."""
-    runs = [r for r in jobs.list_runs(cfg.runs_dir, cfg.queue)
-            if r["has_model"] and r["status"] not in ("failed", "unreadable")]
+def default_run(runs: list[dict]) -> str | None:
+    """The newest analysed run of :func:`viewable_runs`, else the newest trained one."""
     analysed = [r for r in runs if r["analysed"]]
     pick = analysed or runs
     return pick[0]["run"] if pick else None
@@ -184,9 +187,10 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
     def refresh_runs(_n, _path, picked):
         """Keep the run picker in step with the runs folder (jobs finish, CLI runs appear); an empty
         picker takes the newest run as soon as there is one."""
-        options = run_options(cfg)
+        runs = viewable_runs(cfg)
+        options = run_options(runs)
         if not picked and options:
-            return options, default_run(cfg)
+            return options, default_run(runs)
         return options, no_update
 
     @app.callback(Output("page", "children"), Output("run-select", "value"), Output("rendered", "data"),
@@ -201,7 +205,7 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
         if pathname not in page_modules and pathname not in (None, "", "/"):
             notes.append(not_shown(f"page {str(pathname)[:80]}", "there is no such page", "the Data page"))
         trig = dash.ctx.triggered_id
-        if trig == "run-select":
+        if trig == "run-select":  # nothing to read when the run did not change
             if not picked or (rendered or {}) == {"path": path, "run": picked}:
                 return no_update, no_update, no_update, no_update
             if path not in PAGE_QUERY and (rendered or {}).get("path") == path:
@@ -210,11 +214,10 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
                 return no_update, no_update, {"path": path, "run": picked}, no_update
             if picked != query.get("run"):  # another run: a result page's settings belonged to the old one
                 query = {"run": picked} if path in PAGE_QUERY else {**query, "run": picked}
-            run = picked
-        else:
-            run = query.get("run") or picked or default_run(cfg)
+        runs = viewable_runs(cfg)
+        run = picked if trig == "run-select" else (query.get("run") or picked or default_run(runs))
         if data_access.resolve_run(cfg.runs_dir, run) is None:
-            asked, run = run, default_run(cfg)
+            asked, run = run, default_run(runs)
             if asked and path in PAGE_QUERY:
                 notes.append(not_shown(f"run {str(asked)[:80]!r}", "there is no such run on this server",
                                        f"the newest run, {run}" if run else "no run"))
@@ -222,7 +225,7 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
         if notes:
             page = html.Div([*notes, page])
         return (page, (run if run != picked else no_update), {"path": path, "run": run},
-                run_options(cfg))
+                run_options(runs))
 
     @app.callback(Output("url", "search"), Input("run-select", "value"), Input("page-state", "data"),
                   State("url", "pathname"), State("url", "search"), prevent_initial_call=True)
