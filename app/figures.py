@@ -103,7 +103,9 @@ def colour_spec(values, kind: str, label: str, categories=None, palette=None) ->
     ``"continuous"`` (floats; Viridis, or a diverging scale centred on 0 when
     the values take both signs, as latent dimensions do).  The returned dict
     holds ``marker``, ``customdata`` and ``hovertemplate``: what a colour-by
-    change needs to send (see :func:`recolour`).
+    change needs to send (see :func:`recolour`), and ``order``: the drawing order
+    of the cells (:func:`draw_order`; ``None`` for the cells' own order), in
+    which marker colours and hover values are already given.
     """
     values = np.asarray(values)
     n = len(values)
@@ -125,22 +127,32 @@ def colour_spec(values, kind: str, label: str, categories=None, palette=None) ->
         custom = names[np.where(codes < 0, k, codes)].astype(str)
         hover = f"%{{text}}<br>{label}: %{{customdata}}<extra></extra>"
         spec_colours = [colours[i % len(colours)] for i in range(len(categories))]
-        return {"marker": marker, "customdata": custom, "hovertemplate": hover,
+        return {"marker": marker, "customdata": custom, "hovertemplate": hover, "order": None,
                 "groups": list(zip(categories, spec_colours))}
     else:
         vals = np.asarray(values, dtype=np.float32)
         finite = vals[np.isfinite(vals)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        marker = {"color": typed(vals), "size": size, "showscale": True,
+        diverging = lo < 0 < hi
+        order = draw_order(vals, diverging)
+        marker = {"color": typed(vals[order]), "size": size, "showscale": True,
                   "colorbar": {"title": {"text": label}}}
-        if lo < 0 < hi:
+        if diverging:
             bound = max(-lo, hi)
             marker.update(colorscale=DIVERGING, cmin=-bound, cmax=bound)
         else:
             marker.update(colorscale=CONTINUOUS, cmin=lo, cmax=hi if hi > lo else lo + 1)
-        custom = typed(vals)
+        custom = typed(vals[order])
         hover = f"%{{text}}<br>{label}: %{{customdata:.3g}}<extra></extra>"
-    return {"marker": marker, "customdata": custom, "hovertemplate": hover}
+    return {"marker": marker, "customdata": custom, "hovertemplate": hover, "order": order}
+
+
+def draw_order(values, diverging: bool = False) -> np.ndarray:
+    """Cell indices in drawing order: the highest values last, so drawn on top (for a
+    diverging scale the largest magnitudes of either sign); missing values first."""
+    vals = np.asarray(values, dtype=np.float32)
+    key = np.abs(vals) if diverging else vals
+    return np.argsort(np.where(np.isfinite(key), key, -np.inf), kind="stable")
 
 
 def group_labels(xy, codes, categories, max_groups: int = 60) -> list[dict]:
@@ -162,14 +174,15 @@ def embedding(xy, spec: dict, cell_ids, title: str = "", axis_names=("UMAP1", "U
               selected=None, uirevision: str | None = None, labels: list[dict] | None = None) -> go.Figure:
     """A WebGL scatter of a 2-D embedding coloured by ``spec`` (from :func:`colour_spec`).
 
-    ``cell_ids`` become the hover text; ``selected`` (indices) are drawn on top
-    as open circles; ``labels`` (from :func:`group_labels`) name the groups on
-    the plot.  Lasso and box select are the default drag modes.
+    ``cell_ids`` become the hover text; the cells are drawn in the spec's
+    ``order``; ``selected`` (indices) are drawn on top as open circles;
+    ``labels`` (from :func:`group_labels`) name the groups on the plot.  Lasso
+    and box select are the default drag modes.
     """
     xy = np.asarray(xy, dtype=np.float32)
-    spec = {k: v for k, v in spec.items() if k != "groups"}
-    trace = go.Scattergl(x=typed(xy[:, 0]), y=typed(xy[:, 1]), mode="markers", name="cells",
-                         text=np.asarray(cell_ids, dtype=str), showlegend=False, **spec)
+    order = spec.get("order")
+    trace = go.Scattergl(**ordered_points(xy, cell_ids, order), mode="markers", name="cells", showlegend=False,
+                         **{k: v for k, v in spec.items() if k not in ("groups", "order")})
     fig = go.Figure(trace)
     if selected is not None and len(selected):
         idx = np.asarray(selected, dtype=int)
@@ -186,11 +199,24 @@ def embedding(xy, spec: dict, cell_ids, title: str = "", axis_names=("UMAP1", "U
     return fig
 
 
-def recolour(patch, spec: dict):
+def ordered_points(xy, cell_ids, order=None) -> dict:
+    """x, y and hover text of the cells in drawing ``order`` (their own order when None)."""
+    xy, ids = np.asarray(xy, dtype=np.float32), np.asarray(cell_ids, dtype=str)
+    if order is not None:
+        xy, ids = xy[order], ids[order]
+    return {"x": typed(xy[:, 0]), "y": typed(xy[:, 1]), "text": ids}
+
+
+def recolour(patch, spec: dict, xy=None, cell_ids=None):
     """Apply a new colour ``spec`` to ``patch`` (a ``dash.Patch`` of an :func:`embedding`).
 
-    Only marker and hover data travel; x/y and cell ids stay in the browser.
+    Only marker and hover data travel, unless ``xy`` and ``cell_ids`` are given:
+    then the points are sent again in the spec's drawing order (a change to or
+    from a continuous colour, whose high values are drawn on top).
     """
+    if xy is not None:
+        for key, value in ordered_points(xy, cell_ids, spec.get("order")).items():
+            patch["data"][0][key] = value
     patch["data"][0]["marker"] = spec["marker"]
     patch["data"][0]["customdata"] = spec["customdata"]
     patch["data"][0]["hovertemplate"] = spec["hovertemplate"]

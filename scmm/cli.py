@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from .options import option_name
+from .precision import choose_precision
 from .presets import PRESETS
-from .settings import Settings
-from .runfolder import CHECKPOINT_FILE, LATENT_KEY, check_writable, write_json_atomic
+from .settings import Settings, describe_schedule, small_data_warning
+from .runfolder import CHECKPOINT_FILE, LATENT_KEY, SPLIT_KEY, check_writable, write_json_atomic
 
 
 class ProgressFile:
@@ -99,6 +100,14 @@ def cmd_train(args) -> int:
     scmm.preprocess(mdata, n_top_genes=settings.n_top_genes, peak_fraction=settings.peak_fraction,
                     test_fraction=settings.test_fraction, seed=settings.seed)
     model = scmm.SCMM(mdata, settings=settings, device=args.device)
+    n_test = int((mdata.obs[SPLIT_KEY] == "test").sum())
+    precision = choose_precision(args.precision, model.device)
+    print(f"plan: {mdata.n_obs:,} cells ({mdata.n_obs - n_test:,} for training), preset {model.preset}, "
+          f"{precision} on {model.device}: {describe_schedule(model.schedule(), model.settings.batch_size)}",
+          file=sys.stderr)
+    warning = small_data_warning(mdata.n_obs, n_test)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     progress = ProgressFile(args.progress_file, model.planned_epochs(), history=history)
     cancel_file = Path(args.cancel_file) if args.cancel_file else None
     stop = {"now": False}
@@ -109,7 +118,7 @@ def cmd_train(args) -> int:
 
     try:
         result = model.train(progress=not args.quiet, callback=progress, should_stop=should_stop,
-                             checkpoint=checkpoint, resume=args.resume)
+                             checkpoint=checkpoint, resume=args.resume, precision=args.precision)
         if result["status"] == "cancelled":
             progress.write(status="cancelled", message="cancelled by the user")
             print(f"cancelled after {len(result['history'])} epochs; nothing saved", file=sys.stderr)
@@ -208,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=None, help=f"default {defaults.test_fraction}")
     train.add_argument("--seed", type=int, default=None, help=f"default {defaults.seed}")
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                       help="auto (default): bf16 autocast of the networks where the device computes bf16 "
+                            "natively (detected), else fp32")
     train.add_argument("--checkpoint", action="store_true", help="write OUT/checkpoint.pt every epoch")
     train.add_argument("--resume", action="store_true",
                        help="continue from OUT/checkpoint.pt (implies --checkpoint)")

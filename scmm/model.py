@@ -18,6 +18,7 @@ from .module.distributions import nb_sample, zinb_sample
 from .module.objective import normalise
 from .preprocess import modality_kind
 from .runfolder import LATENT_KEY, LIBRARY_KEY, SPLIT_KEY
+from .precision import choose_precision
 from .train import TrainConfig, fit, pick_device
 
 
@@ -151,14 +152,18 @@ class SCMM:
     def train(self, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
               warmup: int | None = None, patience: int | None = None, seed: int | None = None,
               objective: str | None = None, k_samples: int | None = None, grad_clip: float | None = None,
-              compile: str | bool = "auto", progress: bool = True, callback=None, should_stop=None,
+              compile: str | bool = "auto", precision: str = "auto", progress: bool = True, callback=None, should_stop=None,
               checkpoint: str | Path | None = None, resume: bool = False) -> dict:
         """Train on the 'train' cells, early-stopping on the 'test' cells.
 
         Unset settings are the model's :attr:`settings` (the preset's unless
         overridden); the ones given here replace them (validated) and are
         recorded in the run.  Unset ``epochs`` are the preset's, raised where
-        needed to make the preset's ``min_steps`` optimiser steps.
+        needed to make the preset's ``min_steps`` optimiser steps; ``warmup`` and
+        ``patience`` in epochs replace the preset's schedule in steps
+        (:meth:`scmm.settings.Settings.schedule`).  ``precision``: ``"auto"`` (bf16
+        autocast of the networks where the device computes bf16 natively, else
+        fp32), ``"bf16"`` or ``"fp32"`` (:mod:`scmm.precision`).
         ``callback(record)`` receives each epoch's losses; ``should_stop()``
         cancels; ``checkpoint`` (a file) makes the run resumable with
         ``resume=True``.  Returns ``{"history", "best_epoch", "status"}``.
@@ -169,9 +174,12 @@ class SCMM:
             epochs=epochs, lr=lr, batch_size=batch_size, warmup=warmup, patience=patience, seed=seed,
             objective=objective, k_samples=k_samples, grad_clip=grad_clip)
         s = self.settings
-        cfg = TrainConfig(epochs=self.planned_epochs(), lr=s.lr, warmup=s.warmup, patience=s.patience,
-                          batch_size=s.batch_size, seed=s.seed, objective=s.objective, k_samples=s.k_samples,
-                          log_input=s.log_input, grad_clip=s.grad_clip, compile=compile)
+        plan = self.schedule()
+        cfg = TrainConfig(epochs=plan["epochs"], lr=s.lr, warmup_steps=plan["warmup_steps"],
+                          patience_steps=plan["patience_steps"], min_steps=plan["min_steps"],
+                          smooth_steps=plan["smooth_steps"], batch_size=s.batch_size, seed=s.seed, objective=s.objective, k_samples=s.k_samples,
+                          log_input=s.log_input, grad_clip=s.grad_clip, compile=compile,
+                          precision=choose_precision(precision, self.device))
         torch.manual_seed(s.seed)
         split = self.mdata.obs[SPLIT_KEY].to_numpy()
         train_set, test_set = self._batches(split == "train"), self._batches(split == "test")
@@ -180,6 +188,10 @@ class SCMM:
         self.train_config = cfg.to_dict()
         self.history, self.status = result["history"], result["status"]
         return result
+
+    def schedule(self) -> dict:
+        """The training schedule for the attached data (:meth:`scmm.settings.Settings.schedule`)."""
+        return self.settings.schedule(int((self.mdata.obs[SPLIT_KEY] == "train").sum()))
 
     def planned_epochs(self, batch_size: int | None = None) -> int:
         """Epochs that :meth:`train` runs when ``epochs`` is not given (see :mod:`scmm.presets`)."""

@@ -245,7 +245,8 @@ def _history(value, path) -> list[dict]:
         out.append({"epoch": _number(rec.get("epoch"), path, f"history[{i}].epoch", 0, 10 ** 9,
                                      integer=True, optional=False),
                     **{k: _number(rec.get(k), path, f"history[{i}].{k}")
-                       for k in ("epochs", "beta", "train_loss", "test_loss", "seconds")
+                       for k in ("epochs", "step", "beta", "train_loss", "test_loss", "test_loss_smoothed",
+                                 "seconds")
                        if k in rec}})
     return out
 

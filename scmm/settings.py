@@ -26,7 +26,7 @@ from .options import (check_option, validate_model_options, validate_preprocess_
                       validate_train_options)
 
 #: fields whose unset value comes from the preset
-PRESET_FIELDS = ("lr", "warmup", "patience", "batch_size", "min_steps")
+PRESET_FIELDS = ("lr", "batch_size", "min_steps", "warmup_steps", "patience_steps", "smooth_steps")
 POSTERIOR_SCALES = runfolder.POSTERIOR_SCALES
 
 
@@ -44,10 +44,13 @@ class Settings:
     log_input: bool = True
     epochs: int | None = None                           # None: the preset's, raised to min_steps
     lr: float | None = None
-    warmup: int | None = None
-    patience: int | None = None
+    warmup: int | None = None                           # in epochs: overrides warmup_steps
+    patience: int | None = None                         # in epochs: overrides patience_steps
     batch_size: int | None = None
     min_steps: int | None = None
+    warmup_steps: int | None = None
+    patience_steps: int | None = None
+    smooth_steps: int | None = None
     seed: int = 0
     objective: str = "stratified"
     k_samples: int = 1
@@ -82,8 +85,11 @@ class Settings:
         validate_train_options(epochs=self.epochs, lr=self.lr, warmup=self.warmup, patience=self.patience,
                                batch_size=self.batch_size, seed=self.seed, objective=self.objective,
                                k_samples=self.k_samples)
-        if self.min_steps is not None:
-            check_option("min_steps", self.min_steps, 0, math.inf, integer=True)
+        for name in ("min_steps", "warmup_steps", "smooth_steps"):
+            if getattr(self, name) is not None:
+                check_option(name, getattr(self, name), 0, math.inf, integer=True)
+        if self.patience_steps is not None:
+            check_option("patience_steps", self.patience_steps, 1, math.inf, integer=True)
         if self.grad_clip is not None:
             check_option("grad_clip", self.grad_clip, 0, math.inf, lo_open=True)
         validate_preprocess_options(n_top_genes=self.n_top_genes, peak_fraction=self.peak_fraction,
@@ -115,6 +121,18 @@ class Settings:
         likelihoods = {m: self.likelihoods.get(m, presets.DEFAULT_LIKELIHOOD[kind]) for m, kind in kinds.items()}
         return dataclasses.replace(self, preset=preset, hidden=hidden, likelihoods=likelihoods, kinds=kinds,
                                    **filled)
+
+    def schedule(self, n_train: int) -> dict:
+        """The training schedule of ``n_train`` cells in optimiser steps (resolved settings):
+        ``epochs``, ``steps_per_epoch``, ``max_steps``, ``warmup_steps``, ``patience_steps``
+        (``warmup`` / ``patience`` given in epochs converted), ``min_steps``, ``smooth_steps``."""
+        per_epoch = presets.steps_per_epoch(n_train, self.batch_size)
+        epochs = self.planned_epochs(n_train)
+        return {"epochs": epochs, "steps_per_epoch": per_epoch, "max_steps": epochs * per_epoch,
+                "warmup_steps": self.warmup * per_epoch if self.warmup is not None else self.warmup_steps,
+                "patience_steps": self.patience * per_epoch if self.patience is not None else self.patience_steps,
+                "min_steps": self.min_steps if self.epochs is None else 0,   # epochs given: the user's length
+                "smooth_steps": self.smooth_steps}
 
     def planned_epochs(self, n_train: int) -> int:
         """The epochs a training of ``n_train`` cells runs (resolved settings): ``epochs`` if set,
@@ -155,6 +173,26 @@ class Settings:
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+#: below this many cells the test split is too small for early stopping and metrics to be trusted
+SMALL_DATA_CELLS = 1000
+
+
+def describe_schedule(plan: dict, batch_size: int) -> str:
+    """One line saying what :meth:`Settings.schedule` plans, e.g. for the CLI and the Train page."""
+    text = (f"up to {plan['epochs']:,} epochs = {plan['max_steps']:,} optimiser steps of {batch_size} cells "
+            f"({plan['steps_per_epoch']:,} an epoch); KL warm-up {plan['warmup_steps']:,} steps; early stopping "
+            f"after {plan['patience_steps']:,} steps without improvement of the smoothed test loss")
+    return text + (f", not before step {plan['min_steps']:,}" if plan["min_steps"] else "")
+
+
+def small_data_warning(n_cells: int, n_test: int) -> str | None:
+    """Why results on ``n_cells`` cells (``n_test`` held out) are unreliable; None when they are not."""
+    if n_cells >= SMALL_DATA_CELLS:
+        return None
+    return (f"Only {n_cells:,} cells: with fewer than {SMALL_DATA_CELLS:,} cells the test split ({n_test:,} cells) "
+            "is small, so early stopping and the held-out metrics are noisy and results are unreliable.")
 
 
 def settings_of(config: dict) -> Settings:

@@ -1,5 +1,13 @@
 """The training loop: Adam with AMSGrad, KL warm-up, early stopping, checkpoints.
 
+The schedule is counted in optimiser steps, so that it means the same on 1,000
+cells (7 steps an epoch) as on the paper's 160,000 (1,250): the KL weight rises
+linearly over ``warmup_steps`` steps; the test loss is evaluated after every
+epoch and smoothed over about ``smooth_steps`` steps (an exponential moving
+average, so that a tiny test split's noise does not decide); training stops
+once the smoothed loss has not improved for ``patience_steps`` steps, and never
+before ``min_steps`` steps.
+
 It knows nothing of AnnData: it takes the torch module and two
 :class:`~scmm.batches.MultiModalBatches` (train and test cells).
 """
@@ -20,6 +28,7 @@ from tqdm.auto import tqdm
 from .batches import MultiModalBatches
 from .module import objective
 from .module.mmvae import MMVAE
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +43,10 @@ class TrainConfig:
 
     epochs: int
     lr: float
-    warmup: int
-    patience: int
+    warmup_steps: int
+    patience_steps: int
+    min_steps: int
+    smooth_steps: int
     batch_size: int
     seed: int
     objective: str
@@ -43,6 +54,7 @@ class TrainConfig:
     log_input: bool
     grad_clip: float | None
     compile: str | bool = "auto"
+    precision: str = "fp32"          # "bf16" (autocast of the network) or "fp32"; see scmm.precision
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,11 +71,17 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def kl_weight(epoch: int, warmup: int) -> float:
-    """Deterministic warm-up: beta = (epoch - 1) / warmup for 1-based epochs, capped at 1."""
-    if warmup <= 0:
+def kl_weight(step: int, warmup_steps: int) -> float:
+    """Deterministic warm-up: beta = step / warmup_steps for the 0-based optimiser step, capped at 1."""
+    if warmup_steps <= 0:
         return 1.0
-    return min(1.0, (epoch - 1) / warmup)
+    return min(1.0, step / warmup_steps)
+
+
+def smoothing_weight(steps: int, smooth_steps: int) -> float:
+    """Weight of a new test loss in the moving average when ``steps`` steps passed since the last
+    one: 1 (no smoothing) once an epoch is at least ``smooth_steps`` steps long."""
+    return 1.0 if smooth_steps <= 0 else min(1.0, steps / smooth_steps)
 
 
 def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
@@ -76,8 +94,9 @@ def make_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable:
     compile falls back to the eager step with a logged warning.
     """
     def eager(model, xs, libs, nonzeros, beta):
-        return objective.loss(model, xs, libs, beta, cfg.objective, cfg.k_samples, cfg.log_input,
-                              nonzeros)
+        with autocast(cfg.precision, device):
+            return objective.loss(model, xs, libs, beta, cfg.objective, cfg.k_samples, cfg.log_input,
+                                  nonzeros)
 
     want = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
     if not want:
@@ -111,13 +130,15 @@ def make_optimiser(model: MMVAE, lr: float) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(model: MMVAE, batches: MultiModalBatches, cfg: TrainConfig, batch_size: int = 1024) -> float:
-    """Mean negative ELBO (beta = 1) over all cells of ``batches``."""
+    """Mean negative ELBO (beta = 1) over all cells of ``batches``, in the training's precision."""
     model.eval()
     total, n = 0.0, 0
+    device = next(model.parameters()).device
     for rows in batches.epoch(batch_size, shuffle=False, drop_last=False):
         xs, libs, nonzeros = batches.batch(rows)
-        total += float(objective.loss(model, xs, libs, 1.0, cfg.objective, cfg.k_samples,
-                                      cfg.log_input, nonzeros)) * len(rows)
+        with autocast(cfg.precision, device):
+            loss = objective.loss(model, xs, libs, 1.0, cfg.objective, cfg.k_samples, cfg.log_input, nonzeros)
+        total += float(loss) * len(rows)
         n += len(rows)
     model.train()
     return total / max(n, 1)
@@ -131,7 +152,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def checkpoint_state(model: MMVAE, optimiser, epoch: int, history: list, best: dict,
-                     shuffler: torch.Generator) -> dict:
+                     shuffler: torch.Generator, step: int = 0, smoothed: float | None = None) -> dict:
     """What :func:`fit` writes after an epoch: tensors (and the optimiser's state dict, which
     loads under ``weights_only=True``) plus a JSON string of everything else."""
     def finite(value):
@@ -140,7 +161,8 @@ def checkpoint_state(model: MMVAE, optimiser, epoch: int, history: list, best: d
     meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch,
             "history": [{k: finite(v) for k, v in rec.items()} for rec in history],
             "best_loss": best["loss"] if math.isfinite(best["loss"]) else None,
-            "best_epoch": best["epoch"]}
+            "best_epoch": best["epoch"], "best_step": best.get("step"), "step": step,
+            "smoothed": finite(smoothed)}
     return {"meta": json.dumps(meta, allow_nan=False), "model": model.state_dict(),
             "optimiser": optimiser.state_dict(), "best_state": best["state"],
             "shuffler": shuffler.get_state(), "torch_rng": torch.get_rng_state()}
@@ -150,7 +172,7 @@ def read_checkpoint(path: str | Path, map_location=None, mmap: bool = False) -> 
     """The checkpoint at ``path`` loaded with ``weights_only=True``, its JSON state decoded.
 
     Returns the stored dict with ``meta`` replaced by the parsed
-    ``{"epoch", "history", "best_loss", "best_epoch"}``.  A file that needs
+    ``{"epoch", "history", "best_loss", "best_epoch", "best_step", "step", "smoothed"}``.  A file that needs
     anything but tensors and plain containers to load (a pickle that would run
     code), or that is not a checkpoint of this version, raises
     :class:`~scmm.runfolder.RunFileError` and nothing in it is executed.
@@ -191,9 +213,19 @@ def read_checkpoint(path: str | Path, map_location=None, mmap: bool = False) -> 
         raise RunFileError(path, "malformed 'best_state'")
     if (best_epoch is None) != (saved.get("best_state") is None):
         raise RunFileError(path, "'best_epoch' and 'best_state' disagree")
+    counters = {}
+    for key in ("step", "best_step"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise RunFileError(path, f"{key!r} must be a non-negative integer, not {value!r:.60}")
+        counters[key] = value
+    smoothed = meta.get("smoothed")
+    if smoothed is not None and (isinstance(smoothed, bool) or not isinstance(smoothed, (int, float))):
+        raise RunFileError(path, f"'smoothed' must be a number, not {smoothed!r:.60}")
     saved["meta"] = {"epoch": epoch, "history": history,
                      "best_loss": float(best_loss) if best_loss is not None else float("inf"),
-                     "best_epoch": best_epoch}
+                     "best_epoch": best_epoch, "step": counters["step"], "best_step": counters["best_step"],
+                     "smoothed": float(smoothed) if smoothed is not None else None}
     return saved
 
 
@@ -204,14 +236,15 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
     """Train ``model`` in place; return ``{"history", "best_epoch", "status"}``.
 
     - ``callback(record)`` is called after every epoch with the epoch's record
-      (epoch, epochs, beta, train_loss, test_loss, seconds);
+      (epoch, epochs, step, beta, train_loss, test_loss, test_loss_smoothed, seconds);
     - ``should_stop()`` is polled between batches; when it returns True the
       run stops with status "cancelled" (the best weights so far are kept);
     - ``checkpoint``: a file written after every epoch; with ``resume=True``
       training continues from it.
 
-    Early stopping watches the test loss once the KL warm-up is over, with
-    ``cfg.patience`` epochs of patience, and reloads the best weights at the end.
+    Early stopping watches the smoothed test loss once the KL warm-up is over
+    (the schedule of the module docstring, in optimiser steps) and reloads the
+    best weights at the end.
     """
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
@@ -219,8 +252,8 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
     optimiser = make_optimiser(model, cfg.lr)
     loss_fn = make_loss_fn(cfg, device)
     history: list[dict] = []
-    best = {"loss": float("inf"), "epoch": None, "state": None}
-    start_epoch = 1
+    best = {"loss": float("inf"), "epoch": None, "step": None, "state": None}
+    start_epoch, step, smoothed = 1, 0, None
     checkpoint = Path(checkpoint) if checkpoint else None
     if resume and checkpoint and checkpoint.exists():
         saved = read_checkpoint(checkpoint, map_location=device)
@@ -235,7 +268,11 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
             raise RunFileError(checkpoint, "does not match this model and data (was it written "
                                            f"for another run?): {str(err)[:300]}") from None
         history = meta["history"]
-        best = {"loss": meta["best_loss"], "epoch": meta["best_epoch"], "state": saved["best_state"]}
+        step = meta["step"] if meta["step"] is not None else meta["epoch"] * train.n_batches(cfg.batch_size)
+        best = {"loss": meta["best_loss"], "epoch": meta["best_epoch"], "state": saved["best_state"],
+                "step": meta["best_step"] if meta["best_step"] is not None else
+                (meta["best_epoch"] or 0) * train.n_batches(cfg.batch_size)}
+        smoothed = meta["smoothed"]
         start_epoch = meta["epoch"] + 1
 
     status = "completed"
@@ -245,12 +282,12 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
     try:
         for epoch in bar:
             tic = time.perf_counter()
-            beta = kl_weight(epoch, cfg.warmup)
-            running, n_seen = 0.0, 0
+            running, n_seen, first_step = 0.0, 0, step
             for rows in train.epoch(cfg.batch_size, shuffler):
                 if should_stop is not None and should_stop():
                     raise TrainingCancelled
                 xs, libs, nonzeros = train.batch(rows)
+                beta = kl_weight(step, cfg.warmup_steps)
                 loss = loss_fn(model, xs, libs, nonzeros, beta)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -259,25 +296,30 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
                 optimiser.step()
                 running += float(loss.detach()) * len(rows)
                 n_seen += len(rows)
+                step += 1
             if not math.isfinite(running):
                 raise FloatingPointError(f"training loss became {running} in epoch {epoch}; "
                                          "try a lower learning rate or grad_clip")
             test_loss = evaluate(model, test, cfg) if test is not None and test.n_cells else None
-            record = {"epoch": epoch, "epochs": cfg.epochs, "beta": beta,
+            watched = test_loss if test_loss is not None else running / max(n_seen, 1)
+            weight = smoothing_weight(step - first_step, cfg.smooth_steps)
+            smoothed = watched if smoothed is None else weight * watched + (1 - weight) * smoothed
+            beta = kl_weight(step, cfg.warmup_steps)
+            record = {"epoch": epoch, "epochs": cfg.epochs, "step": step, "beta": beta,
                       "train_loss": running / max(n_seen, 1), "test_loss": test_loss,
-                      "seconds": time.perf_counter() - tic}
+                      "test_loss_smoothed": smoothed, "seconds": time.perf_counter() - tic}
             history.append(record)
-            watched = test_loss if test_loss is not None else record["train_loss"]
-            if beta >= 1.0 and watched < best["loss"]:
-                best = {"loss": watched, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            if beta >= 1.0 and smoothed < best["loss"]:
+                best = {"loss": smoothed, "epoch": epoch, "step": step, "state": copy.deepcopy(model.state_dict())}
             bar.set_postfix(train=f"{record['train_loss']:.1f}",
                             test=f"{test_loss:.1f}" if test_loss is not None else "-")
             if callback is not None:
                 callback(record)
             if checkpoint:
                 save_checkpoint(checkpoint, checkpoint_state(model, optimiser, epoch, history, best,
-                                                             shuffler))
-            if best["epoch"] is not None and epoch - best["epoch"] >= cfg.patience:
+                                                             shuffler, step, smoothed))
+            if best["step"] is not None and step - best["step"] >= cfg.patience_steps \
+                    and step >= cfg.min_steps:
                 status = "early_stopping"
                 break
     except TrainingCancelled:

@@ -1,6 +1,8 @@
 """Tests of the server-side data layer and the page helpers on a synthetic run (no torch, no browser)."""
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
@@ -84,8 +86,31 @@ def test_lasso_polygon_and_box(view):
 def test_embedding_figure_and_patch(view):
     fig = embeddings.colour_figure(view, "rna", "feat:prot:P01")
     assert fig.data[0].type == "scattergl" and "prot:P01" in fig.layout.title.text
-    patch = embeddings.colour_patch(view, "rna", *embeddings.coloured(view, "obs:cell_type")).to_plotly_json()
-    assert any(op["location"] == ["data", 0, "marker"] for op in patch["operations"])
+    patch = embeddings.colour_patch(view, "rna", *embeddings.coloured(view, "obs:cell_type"), False).to_plotly_json()
+    touched = [op["location"] for op in patch["operations"]]
+    assert ["data", 0, "marker"] in touched and ["data", 0, "x"] not in touched  # categorical: colours only
+
+
+def test_continuous_colour_draws_high_values_on_top(view):
+    values = view.feature_values("prot", "P01")
+    fig = embeddings.colour_figure(view, "rna", "feat:prot:P01")
+    key, _ = view.embeddings()["rna"]
+    drawn_ids = np.asarray(fig.data[0].text)
+    order = np.argsort(values, kind="stable")
+    assert list(drawn_ids) == list(view.cell_ids[order])          # hover ids follow the points
+    assert drawn_ids[-1] == view.cell_ids[np.argmax(values)]      # the highest cell is drawn last (on top)
+    x = np.frombuffer(base64.b64decode(fig.data[0].x["bdata"]), np.float32)
+    assert np.allclose(x, view.coords(key)[order, 0])
+    # the switch to a continuous colour re-sends the points in that order; back to groups resets it
+    to_feature = embeddings.colour_patch(view, "rna", *embeddings.coloured(view, "feat:prot:P01"), False)
+    back = embeddings.colour_patch(view, "rna", *embeddings.coloured(view, "obs:cell_type"), True)
+    for patch in (to_feature, back):
+        assert ["data", 0, "x"] in [op["location"] for op in patch.to_plotly_json()["operations"]]
+    # a clicked point is mapped back to its cell through the drawing order
+    last = view.n_cells - 1
+    picked = embeddings.selection_from_event(view, "rna", {"points": [{"curveNumber": 0, "pointIndex": last}]},
+                                             order)
+    assert picked == [int(order[-1])] and values[picked[0]] == values.max()
 
 
 def test_traversal_page_slices_the_cache(view):

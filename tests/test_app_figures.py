@@ -60,6 +60,18 @@ def test_embedding_is_webgl_with_hover_ids_and_selection():
     assert fig.layout.dragmode == "lasso"
 
 
+def test_draw_order_puts_high_values_last_and_missing_first():
+    assert list(figures.draw_order(np.array([3.0, np.nan, 1.0, 2.0]))) == [1, 2, 3, 0]
+    # a diverging scale puts the largest magnitudes of either sign on top
+    assert list(figures.draw_order(np.array([-5.0, 0.1, 2.0]), diverging=True)) == [1, 2, 0]
+    spec = figures.colour_spec(np.array([2.0, 0.0, 1.0]), "continuous", "CD4")
+    colours = np.frombuffer(base64.b64decode(spec["marker"]["color"]["bdata"]), np.float32)
+    assert list(colours) == [0.0, 1.0, 2.0] and list(spec["order"]) == [1, 2, 0]
+    fig = figures.embedding(np.array([[0, 0], [1, 1], [2, 2]]), spec, ["a", "b", "c"])
+    assert list(fig.data[0].text) == ["b", "c", "a"]
+    assert figures.colour_spec(np.array([0, 1]), "categorical", "g", ["x", "y"])["order"] is None
+
+
 def test_recolour_patch_touches_only_marker_and_hover():
     from dash import Patch
     spec = figures.colour_spec(np.array([1.0, 2.0]), "continuous", "CD4")

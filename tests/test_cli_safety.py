@@ -310,3 +310,11 @@ def test_analysis_writes_strict_json_summary(trained_run, tmp_path):
     saved = runfolder.read_json(run / runfolder.ANALYSIS_DIR / runfolder.SUMMARY_FILE)
     assert saved["n_cells"] == summary["n_cells"]
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+
+
+def test_train_prints_the_plan_and_warns_on_small_data(data_file, tmp_path, capsys):
+    assert train(data_file, tmp_path / "small", "--epochs", "1", "--precision", "fp32") == 0
+    err = capsys.readouterr().err
+    assert "plan: 300 cells (240 for training), preset cite, fp32 on cpu: up to 1 epochs = 3 optimiser steps" in err
+    assert "KL warm-up" in err and "early stopping after" in err
+    assert "warning: Only 300 cells: with fewer than 1,000 cells the test split (60 cells) is small" in err

@@ -11,6 +11,7 @@ import torch
 import scmm
 from scmm.batches import CSRRows
 from scmm.module import objective
+from scmm.settings import Settings
 from scmm.train import kl_weight
 
 
@@ -111,8 +112,10 @@ def test_iwae_and_naive_objectives_are_finite(trained, demo):
 
 
 def test_kl_warmup_schedule():
-    assert [kl_weight(e, 4) for e in range(1, 7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    assert kl_weight(1, 0) == 1.0
+    assert [kl_weight(step, 4) for step in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert kl_weight(0, 0) == 1.0
+    from scmm.train import smoothing_weight
+    assert smoothing_weight(7, 100) == 0.07 and smoothing_weight(1250, 100) == 1.0 and smoothing_weight(7, 0) == 1.0
 
 
 def test_training_reduces_loss_and_is_deterministic(demo):
@@ -152,16 +155,32 @@ def test_cancel_and_callback(demo):
 def test_early_stopping_reloads_best_weights(demo):
     model = scmm.SCMM(demo, device="cpu")
     result = model.train(epochs=30, warmup=0, patience=1, lr=5e-2, batch_size=64, progress=False)
-    tests = [r["test_loss"] for r in result["history"]]
+    smoothed = [r["test_loss_smoothed"] for r in result["history"]]
     best = result["best_epoch"]
-    assert tests[best - 1] == min(tests)
+    assert smoothed[best - 1] == min(smoothed)    # the best of the smoothed test loss
     if result["status"] == "early_stopping":
-        assert len(tests) == best + 1
+        assert len(smoothed) == best + 1           # patience of one epoch
+    tests = [r["test_loss"] for r in result["history"]]
     from scmm.train import TrainConfig, evaluate
     split = demo.obs["scmm_split"].to_numpy()
     torch.manual_seed(0)
     reloaded = evaluate(model.module, model._batches(split == "test"), TrainConfig(**model.train_config))
     assert abs(reloaded - tests[best - 1]) < 0.05 * abs(tests[best - 1])
+
+
+def test_schedule_runs_in_steps_with_a_smoothed_test_loss(demo):
+    """Warm-up over ``warmup_steps`` steps (not epochs), never stopping before ``min_steps``."""
+    model = scmm.SCMM(demo, device="cpu", settings=Settings(warmup_steps=50, patience_steps=1, min_steps=150,
+                                                           smooth_steps=200, lr=5e-2, batch_size=64))
+    history = model.train(progress=False)["history"]
+    per_epoch = history[0]["step"]
+    n_train = int((demo.obs["scmm_split"] == "train").sum())
+    assert per_epoch == n_train // 64 and [r["step"] for r in history[:3]] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert all(r["beta"] == min(1.0, r["step"] / 50) for r in history)   # beta after the epoch's last step
+    assert history[-1]["step"] >= 150                   # min_steps: no early stop before
+    raw, smoothed = history[1]["test_loss"], history[1]["test_loss_smoothed"]
+    weight = per_epoch / 200
+    assert smoothed == pytest.approx(weight * raw + (1 - weight) * history[0]["test_loss_smoothed"])
 
 
 def test_latents_written_to_obsm(trained, demo):

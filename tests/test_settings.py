@@ -14,8 +14,9 @@ def test_defaults_live_in_one_place_and_the_preset_fills_the_rest():
     s = Settings().resolve({"rna": "rna", "prot": "protein"})
     cite = PRESETS["cite"]
     assert s.preset == "cite" and s.latent_dim == 10
-    assert (s.lr, s.warmup, s.patience, s.batch_size, s.min_steps) == \
-        (cite["lr"], cite["warmup"], cite["patience"], cite["batch_size"], cite["min_steps"])
+    keys = ("lr", "batch_size", "min_steps", "warmup_steps", "patience_steps", "smooth_steps")
+    assert [getattr(s, k) for k in keys] == [cite[k] for k in keys]
+    assert s.warmup is None and s.patience is None   # epochs: only when the user gives them
     assert s.hidden == {"rna": [200, 200, 200], "prot": [200, 200, 200]}
     assert s.likelihoods == {"rna": "nb", "prot": "nb"}
     atac = Settings(lr=1e-3).resolve({"rna": "rna", "atac": "atac"})
@@ -31,6 +32,8 @@ def test_defaults_live_in_one_place_and_the_preset_fills_the_rest():
     ({"hidden": {"rna": [200_000]}}, "layer size must be an integer in [1, 4096]"),
     ({"test_fraction": 1.0}, "test_fraction must be a number in [0, 0.9]"),
     ({"min_steps": -1}, "min_steps must be an integer >= 0"),
+    ({"patience_steps": 0}, "patience_steps must be an integer >= 1"),
+    ({"warmup_steps": 1.5}, "warmup_steps must be an integer >= 0"),
     ({"no_such": 1}, "unknown settings ['no_such']"),
 ])
 def test_every_value_is_checked_once_on_construction(values, message):
@@ -39,6 +42,26 @@ def test_every_value_is_checked_once_on_construction(values, message):
     assert message in str(info.value)
     with pytest.raises(ValueError):  # a copy is checked too
         Settings().replace(**{k: v for k, v in values.items() if k != "no_such"} or {"epochs": 0})
+
+
+def test_schedule_is_in_steps_and_means_the_same_at_every_size():
+    cite = PRESETS["cite"]
+    for n_train in (945, 5_484, 160_000):
+        plan = Settings().resolve({"rna": "rna", "prot": "protein"}).schedule(n_train)
+        assert plan["warmup_steps"] == cite["warmup_steps"] and plan["patience_steps"] == cite["patience_steps"]
+        assert plan["steps_per_epoch"] == n_train // 128
+        assert plan["max_steps"] >= cite["min_steps"] and plan["min_steps"] == cite["min_steps"]
+    assert Settings().resolve({"rna": "rna"}).schedule(160_000)["epochs"] == cite["epochs"]  # paper-sized
+    # warm-up and patience given in epochs are converted for the data at hand; given epochs end min_steps
+    plan = Settings(warmup=10, patience=5, epochs=50).resolve({"rna": "rna"}).schedule(945)
+    assert (plan["warmup_steps"], plan["patience_steps"], plan["min_steps"], plan["max_steps"]) == (70, 35, 0, 350)
+
+
+def test_settings_of_an_older_run_keep_their_epoch_schedule():
+    old = {"preset": "cite", "latent_dim": 10, "warmup": 10, "patience": 10, "lr": 2e-3, "batch_size": 128,
+           "min_steps": 4000}
+    plan = Settings.from_dict(old).resolve({"rna": "rna"}).schedule(945)
+    assert plan["warmup_steps"] == 70 and plan["patience_steps"] == 70
 
 
 def test_round_trip_through_a_file(tmp_path):
@@ -105,3 +128,13 @@ def test_scmm_train_renames_and_types_modalities_from_the_settings(tmp_path):
     config = runfolder.read_config(tmp_path / "run")
     assert [s["name"] for s in config["specs"]] == ["rna", "adt"]
     assert config["settings"]["kinds"] == {"rna": "rna", "adt": "protein"}
+
+
+def test_small_data_warning_names_the_numbers():
+    from scmm.settings import describe_schedule, small_data_warning
+    assert small_data_warning(1000, 200) is None
+    assert small_data_warning(945, 189).startswith("Only 945 cells: with fewer than 1,000 cells the test split (189")
+    plan = Settings().resolve({"rna": "rna"}).schedule(945)
+    text = describe_schedule(plan, 128)
+    assert text.startswith(f"up to {plan['epochs']:,} epochs = {plan['max_steps']:,} optimiser steps of 128 cells (7 an")
+    assert f"not before step {plan['min_steps']:,}" in text

@@ -2,7 +2,9 @@
 
 Colour by cluster, by any obs column, by any latent dimension or by any feature
 of any modality (search in the dropdown).  A colour change sends only the new
-marker colours (``dash.Patch``); x/y and cell ids stay in the browser.  A lasso
+marker colours (``dash.Patch``); x/y and cell ids stay in the browser, except
+when a continuous colour reorders the points so that high values are drawn on
+top (``emb-ordered`` says whether the browser holds such an order).  A lasso
 (or box) selection is tested against the polygon on the server, can be named
 and kept, exported as CSV, and ranked against the other cells
 (``scmm.tl.rank_features`` in a background job).
@@ -95,6 +97,7 @@ def layout(cfg, run_id, query) -> html.Div:
     return html.Div([
         dcc.Store(id="emb-run", data=view.id),
         dcc.Store(id="sel-current", data=[]),
+        dcc.Store(id="emb-ordered", data=False),
         html.H3(["Embeddings ", html.Small(view.id, className="text-muted")]),
         *note,
         dbc.Row([
@@ -148,10 +151,12 @@ def coloured(view, colour: str) -> tuple[dict, dict]:
     return c, figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
 
 
-def colour_patch(view, emb_label: str, c: dict, spec: dict) -> Patch:
-    """Only the new marker colours, hover values and group labels (the fast path of a colour change)."""
+def colour_patch(view, emb_label: str, c: dict, spec: dict, was_ordered: bool) -> Patch:
+    """The new marker colours, hover values and group labels (the fast path of a colour change);
+    the points too when the drawing order changes (to, from or between continuous colours)."""
     key, _ = view.embeddings()[emb_label]
-    patch = figures.recolour(Patch(), spec)
+    reorder = was_ordered or spec["order"] is not None
+    patch = figures.recolour(Patch(), spec, *((view.coords(key), view.cell_ids) if reorder else ()))
     patch["layout"]["title"]["text"] = f"{emb_label} latent: {c['label']}"
     patch["layout"]["annotations"] = figures.group_labels(view.coords(key), c["values"], c["categories"]) \
         if c["kind"] == "categorical" else []
@@ -178,8 +183,9 @@ def export_figure(cfg, run_id, emb_label, colour, shown=None):
     return colour_figure(view, emb_label, colour if isinstance(colour, str) else "", shown=shown)
 
 
-def selection_from_event(view, emb_label: str, selected: dict | None) -> list[int]:
-    """Cell indices inside a lasso (``lassoPoints``) or box (``range``) selection event."""
+def selection_from_event(view, emb_label: str, selected: dict | None, order=None) -> list[int]:
+    """Cell indices inside a lasso (``lassoPoints``) or box (``range``) selection event; clicked
+    points are mapped back through the drawing ``order``."""
     if not selected:
         return []
     key, _ = view.embeddings()[emb_label]
@@ -189,8 +195,9 @@ def selection_from_event(view, emb_label: str, selected: dict | None) -> list[in
     if selected.get("range"):
         rng = selected["range"]
         return view.cells_in_box(key, rng["x"], rng["y"]).tolist()
-    pts = selected.get("points") or []
-    return sorted({p["pointIndex"] for p in pts if p.get("curveNumber") == 0})
+    pts = [p.get("pointIndex") for p in selected.get("points") or [] if p.get("curveNumber") == 0]
+    pts = [i for i in pts if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < view.n_cells]
+    return sorted({int(order[i]) if order is not None else i for i in pts})
 
 
 def register(app, cfg) -> None:
@@ -199,19 +206,21 @@ def register(app, cfg) -> None:
 
     @app.callback(Output(graph, "figure"), Output("page-state", "data", allow_duplicate=True),
                   Output("emb-groups", "options"), Output("emb-groups", "value"), Output("emb-groups-box", "style"),
+                  Output("emb-ordered", "data"),
                   Input("emb-key", "value"), Input("emb-colour", "value"), State("emb-run", "data"),
-                  prevent_initial_call="initial_duplicate")
-    def draw(emb_label, colour, run_id):
+                  State("emb-ordered", "data"), prevent_initial_call="initial_duplicate")
+    def draw(emb_label, colour, run_id, was_ordered):
         """Full figure when the embedding changes; a Patch of the colours otherwise; the group legend."""
         view = _run(cfg, run_id)
         if view is None or emb_label not in (view.embeddings() if view else {}):
-            return figures.empty("no run"), no_update, [], [], {"display": "none"}
+            return figures.empty("no run"), no_update, [], [], {"display": "none"}, False
         state = {"color": colour, "emb": emb_label}
         c, spec = coloured(view, colour)
         legend = group_legend(c, spec)
+        ordered = spec["order"] is not None
         if ctx.triggered_id == "emb-colour":
-            return (colour_patch(view, emb_label, c, spec), state, *legend)
-        return (colour_figure(view, emb_label, colour), state, *legend)
+            return (colour_patch(view, emb_label, c, spec, was_ordered is not False), state, *legend, ordered)
+        return (colour_figure(view, emb_label, colour), state, *legend, ordered)
 
     @app.callback(Output(graph, "figure", allow_duplicate=True), Input("emb-groups", "value"),
                   State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)
@@ -269,14 +278,16 @@ def register(app, cfg) -> None:
         return opts
 
     @app.callback(Output("sel-current", "data"), Output("sel-info", "children"),
-                  Input(graph, "selectedData"), State("emb-key", "value"), State("emb-run", "data"),
-                  prevent_initial_call=True)
-    def lasso(selected, emb_label, run_id):
+                  Input(graph, "selectedData"), State("emb-key", "value"), State("emb-colour", "value"),
+                  State("emb-run", "data"), prevent_initial_call=True)
+    def lasso(selected, emb_label, colour, run_id):
         """Cells inside the lasso, tested on the server against the polygon."""
         view = _run(cfg, run_id)
-        if view is None:
+        if view is None or emb_label not in view.embeddings() or not isinstance(selected, dict):
             return no_update, no_update
-        idx = selection_from_event(view, emb_label, selected)
+        clicked = not (selected.get("lassoPoints") or selected.get("range"))
+        order = coloured(view, colour if isinstance(colour, str) else "")[1]["order"] if clicked else None
+        idx = selection_from_event(view, emb_label, selected, order)
         return idx, f"{len(idx):,} of {view.n_cells:,} cells selected"
 
     @app.callback(Output("selections", "data"), Output("sel-pick", "options"), Output("sel-pick", "value"),

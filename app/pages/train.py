@@ -19,7 +19,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from scmm.options import MODEL_BOUNDS, TRAIN_BOUNDS
 from scmm.presets import PRESETS
-from scmm.settings import Settings
+from scmm.settings import Settings, describe_schedule, small_data_warning
 
 from app import components, data_access, figures, jobs
 
@@ -76,22 +76,19 @@ def plan_text(cfg, dataset_id, settings: Settings) -> list:
     n_cells = int(summary["summary"]["n_cells"])
     resolved = settings.resolve(summary.get("kinds") or {})
     n_train = int(round(n_cells * (1 - resolved.test_fraction)))
-    epochs = resolved.planned_epochs(n_train)
-    steps = epochs * max(1, n_train // resolved.batch_size)
+    plan = resolved.schedule(n_train)
     text = (f"Plan: {n_cells:,} cells ({n_train:,} for training) · preset {resolved.preset} · "
-            f"up to {epochs:,} epochs = {steps:,} optimiser steps of {resolved.batch_size} cells "
-            "(early stopping may end it sooner)")
+            f"{describe_schedule(plan, resolved.batch_size)} (early stopping may end it sooner)")
     measured = measured_step_seconds(cfg)
     if measured:
         seconds, run = measured
-        text += f" · about {steps * seconds / 60:,.1f} min at the speed measured on {run}"
+        text += f" · about {plan['max_steps'] * seconds / 60:,.1f} min at most, at the speed measured on {run}"
     else:
         text += " · no training measured on this server yet, so no time estimate"
     out = [html.Span(text, id="train-plan-text")]
-    if n_cells < 1000:
-        out.append(dbc.Alert(f"Only {n_cells:,} cells: with fewer than 1,000 cells the test split "
-                             f"({n_cells - n_train:,} cells) is small and results are unreliable.",
-                             color="warning", className="py-1 mt-1 mb-0", id="train-small-data"))
+    warning = small_data_warning(n_cells, n_cells - n_train)
+    if warning:
+        out.append(dbc.Alert(warning, color="warning", className="py-1 mt-1 mb-0", id="train-small-data"))
     return out
 
 

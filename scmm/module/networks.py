@@ -6,6 +6,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32 when autocast made it bf16 / fp16 (fp32 and fp64 pass unchanged)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Hidden blocks ``Linear -> BatchNorm1d -> ReLU`` for consecutive ``sizes``."""
     layers: list[nn.Module] = []
@@ -33,13 +38,14 @@ class Encoder(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale, in fp32 even when the layers ran under bf16 autocast."""
         h = self.body(x)
-        raw = self.raw_scale(h)
+        raw = full_precision(self.raw_scale(h))
         if self.scale_kind == "softmax":
             scale = self.latent_dim * F.softmax(raw, dim=-1) + 1e-6
         else:
             scale = F.softplus(raw) + 1e-6
-        return self.loc(h), scale
+        return full_precision(self.loc(h)), scale
 
 
 class Decoder(nn.Module):
@@ -57,10 +63,11 @@ class Decoder(nn.Module):
         self.raw_theta = nn.Parameter(torch.zeros(n_features))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return log-proportions (rows sum to one after exp) and gate logits or None."""
+        """Return log-proportions (rows sum to one after exp) and gate logits or None, in fp32
+        even when the layers ran under bf16 autocast (the likelihood is computed in fp32)."""
         h = self.body(z)
-        log_prop = F.log_softmax(self.logits(h), dim=-1)
-        return log_prop, (self.gate(h) if self.gate is not None else None)
+        log_prop = F.log_softmax(full_precision(self.logits(h)), dim=-1)
+        return log_prop, (full_precision(self.gate(h)) if self.gate is not None else None)
 
     @property
     def theta(self) -> torch.Tensor:

@@ -114,6 +114,23 @@ def severe_logs(dash_duo) -> list:
     return [e for e in dash_duo.get_logs() if "WebGL" not in e["message"] and "GL Driver" not in e["message"]]
 
 
+def plot_of(graph: str) -> str:
+    """A JS expression for the plotly element of figure card ``graph``."""
+    gid = json.dumps({"g": graph, "role": "graph"}, separators=(",", ":"))
+    return f"document.getElementById({json.dumps(gid)}).querySelector('.js-plotly-plot')"
+
+
+def wait_js(dash_duo, script: str, timeout: float = 30):
+    """Poll ``script`` (returning a value) until it is truthy; return that value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = dash_duo.driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
 def lasso_left_half(dash_duo) -> None:
     """Emit a lasso selection over the left half of the (only) plot, as a user's drag does."""
     dash_duo.driver.execute_script("""
@@ -134,7 +151,7 @@ def test_full_flow(dash_duo, tmp_path, shots):
 
     # 1. Data: the demo is preloaded and summarised; a bad file shows the reader's error
     dash_duo.wait_for_contains_text("#data-ncells", "3,000 cells", timeout=90)
-    dash_duo.wait_for_contains_text("#data-table", "prot", timeout=5)
+    dash_duo.wait_for_contains_text("#data-table", "prot", timeout=60)
     shot(dash_duo, shots, "data")
     visit(dash_duo, "/data", data="broken.h5ad")
     dash_duo.wait_for_element("#data-error", timeout=90)
@@ -143,6 +160,9 @@ def test_full_flow(dash_duo, tmp_path, shots):
     # 2. Train a few epochs: live progress, loss curve, then the analysis
     visit(dash_duo, "/train")
     dash_duo.wait_for_element("#train-epochs")
+    # the plan is shown before starting: epochs, optimiser steps, and why there is no estimate yet
+    dash_duo.wait_for_contains_text("#train-plan-text", "optimiser steps", timeout=90)
+    assert "no training measured on this server yet" in dash_duo.find_element("#train-plan-text").text
     dash_duo.find_element("#train-epochs").send_keys(str(TRAIN_EPOCHS))
     wait_enabled(dash_duo, "#train-start")
     click(dash_duo, "#train-start")
@@ -179,6 +199,18 @@ def test_full_flow(dash_duo, tmp_path, shots):
     visit(dash_duo, "/embeddings", run=run_id, color="feat:rna:CD3E")
     dash_duo.wait_for_element(".js-plotly-plot .scatterlayer, .js-plotly-plot canvas", timeout=60)
     dash_duo.wait_for_contains_text(".gtitle", "rna:CD3E", timeout=30)
+    # a continuous colour is drawn with its highest cells last, i.e. on top
+    last, top = wait_js(dash_duo, f"""const c = {plot_of('embedding')}._fullData[0].marker.color;
+        return c && c.length === 3000 ? [c[c.length - 1], Math.max(...c)] : null;""")
+    assert last == top
+    # typing a gene in another case offers it first
+    click(dash_duo, "#emb-colour")
+    dash_duo.wait_for_element(".dash-dropdown-search", timeout=10).send_keys("cd3e")
+    offered = wait_js(dash_duo, """const o = Array.from(document.querySelectorAll('[role=option]'))
+            .map(e => e.innerText.trim());
+        return o.includes('rna: CD3E') ? o : null;""")
+    assert offered[0] == "rna: CD3E", offered
+    dash_duo.find_element(".dash-dropdown-search").send_keys("\ue00c")  # Escape
     lasso_left_half(dash_duo)
     dash_duo.wait_for_contains_text("#sel-info", "cells selected", timeout=30)
     n_selected = int(dash_duo.find_element("#sel-info").text.split(" of ")[0].replace(",", ""))
@@ -198,11 +230,26 @@ def test_full_flow(dash_duo, tmp_path, shots):
     dash_duo.wait_for_element("#cl-saved", timeout=60)
     dash_duo.wait_for_contains_text(".gtitle", "annotation", timeout=60)
     dash_duo.wait_for_contains_text(".js-plotly-plot", "Merged T", timeout=30)
+    # the group legend toggles a group: its cells become transparent, the points back in their own order
+    click(dash_duo, "#emb-groups input[type=checkbox]")
+    hidden = wait_js(dash_duo, f"""const o = {plot_of('embedding')}._fullData[0].marker.opacity;
+        return o && o.length ? Array.from(o).filter(v => v === 0).length : 0;""")
+    assert 0 < hidden < 3000
 
     # 5. Traversal: bars, profile and table; CSV and PNG downloads
     visit(dash_duo, "/traversal", run=run_id, dim="1")
     dash_duo.wait_for_element("#trav-features", timeout=60)
     dash_duo.wait_for_contains_text(".gtitle", "z2", timeout=30)
+    dash_duo.wait_for_contains_text("#trav-overview", "z1", timeout=30)  # every dimension, by strength
+    # the traversal-value slider moves the star on the UMAP and the decoded values
+    star = f"const d = {plot_of('traversal-umap')}.data; return d.length > 1 ? d[1].x[0] : null;"
+    before, text_before = wait_js(dash_duo, star), dash_duo.find_element("#trav-at-text").text
+    handle = dash_duo.find_element("#trav-step [role=slider]")
+    handle.send_keys("\ue014" * 3)  # right arrow
+    wait_js(dash_duo, star.replace("return d.length > 1 ? d[1].x[0] : null;",
+                                   f"return d.length > 1 && d[1].x[0] !== {before};"))
+    dash_duo.wait_for_element("#trav-at-text", timeout=30)
+    wait_js(dash_duo, f"return document.getElementById('trav-at-text').innerText !== {json.dumps(text_before)};")
     shot(dash_duo, shots, "traversal")
     click_id(dash_duo, {"role": "csv", "t": "associated"})
     trav_csv = wait_for_download(dash_duo.download_path, "_associated.csv")
@@ -249,6 +296,10 @@ def test_full_flow(dash_duo, tmp_path, shots):
     # 8. What cannot be shown is said: an unknown gene in the URL, an unknown page
     visit(dash_duo, "/embeddings", run=run_id, color="feat:rna:NOTAGENE")
     dash_duo.wait_for_contains_text(".not-shown", "'NOTAGENE' is not among", timeout=30)
+    visit(dash_duo, "/traversal", run=run_id, dim="99")
+    dash_duo.wait_for_contains_text(".not-shown", "dimension", timeout=30)
+    visit(dash_duo, "/generation", run=run_id, target="atac")
+    dash_duo.wait_for_contains_text(".not-shown", "atac", timeout=30)
     visit(dash_duo, "/nosuchpage")
     dash_duo.wait_for_contains_text(".not-shown", "there is no such page", timeout=30)
 
