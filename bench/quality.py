@@ -246,13 +246,17 @@ def main() -> None:
 
 
 def summarise(files: dict[str, str]) -> str:
-    """Markdown table of small-data rows from ``{label: jsonl}`` (e.g. before / after), mean over seeds."""
+    """Markdown table of small-data rows from ``{label: jsonl}`` (e.g. before / after), mean over the
+    seeds that every label has for that dataset and size."""
     rows = {label: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
             for label, path in files.items()}
+    shared = set.intersection(*({(r["dataset"], r["n_cells"], r["seed"]) for r in rs} for rs in rows.values()))
+    rows = {label: [r for r in rs if (r["dataset"], r["n_cells"], r["seed"]) in shared] for label, rs in rows.items()}
     first = next(iter(rows.values()))
     keys = sorted({(r["dataset"], r["n_cells"]) for r in first})
-    head = ["dataset", "cells", "seeds"] + [f"joint ARI {label}" for label in rows]
-    baselines = sorted({b for r in first for b in r["leiden"] if not b.startswith("scmm_joint")})
+    model_reps = sorted({b for r in first for b in r["leiden"] if b.startswith("scmm_")})   # per label
+    baselines = sorted({b for r in first for b in r["leiden"] if not b.startswith("scmm_")})  # same cells
+    head = ["dataset", "cells", "seeds"] + [f"{rep} ARI {label}" for rep in model_reps for label in rows]
     head += [f"{b} ARI" for b in baselines] + [f"protein r {label}" for label in rows] + ["protein r kNN"] + \
         [f"steps {label}" for label in rows]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -266,7 +270,7 @@ def summarise(files: dict[str, str]) -> str:
             return [r for r in rows[label] if (r["dataset"], r["n_cells"]) == (dataset, n_cells)]
         base = of(next(iter(rows)))
         cells = [dataset, str(n_cells), ",".join(str(r["seed"]) for r in base)]
-        cells += [mean([r["leiden"]["scmm_joint"]["ARI"] for r in of(label)]) for label in rows]
+        cells += [mean([r["leiden"][rep]["ARI"] for r in of(label)]) for rep in model_reps for label in rows]
         cells += [mean([r["leiden"][b]["ARI"] for r in base if b in r["leiden"]]) for b in baselines]
         cells += [mean([r.get("protein_r_scmm") for r in of(label)]) for label in rows]
         cells += [mean([r.get("protein_r_knn") for r in base])]
