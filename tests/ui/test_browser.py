@@ -131,6 +131,24 @@ def wait_js(dash_duo, script: str, timeout: float = 30):
     raise AssertionError(f"timed out waiting for: {script}")
 
 
+def retype(dash_duo, element_id: str, text: str, timeout: float = 30) -> None:
+    """Replace the text of input ``element_id`` once the page lets it be typed into (it may re-render)."""
+    from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
+    deadline = time.time() + timeout
+    while True:
+        box = dash_duo.driver.execute_script("return document.getElementById(arguments[0]);", element_id)
+        try:
+            if box is None:
+                raise ElementNotInteractableException(f"no element {element_id}")
+            box.clear()
+            box.send_keys(text)
+            return
+        except (ElementNotInteractableException, StaleElementReferenceException):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def lasso_left_half(dash_duo) -> None:
     """Emit a lasso selection over the left half of the (only) plot, as a user's drag does."""
     dash_duo.driver.execute_script("""
@@ -262,11 +280,7 @@ def test_full_flow(dash_duo, tmp_path, shots):
     write_renamed(data_dir / "demo.h5mu", data_dir / "renamed.h5mu")
     visit(dash_duo, "/data", data="renamed.h5mu")
     dash_duo.wait_for_contains_text("#data-naming", "prot.v2", timeout=90)
-    name_box = dash_duo.driver.execute_script(
-        "return document.getElementById(arguments[0]);",
-        json.dumps({"m": "prot.v2", "role": "mod-name"}, separators=(",", ":"), sort_keys=True))
-    name_box.clear()
-    name_box.send_keys("adt")
+    retype(dash_duo, json.dumps({"m": "prot.v2", "role": "mod-name"}, separators=(",", ":"), sort_keys=True), "adt")
     click(dash_duo, "#data-naming-save")
     dash_duo.wait_for_element("#naming-ok", timeout=90)
     dash_duo.wait_for_contains_text("#data-table", "adt", timeout=30)
