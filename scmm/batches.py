@@ -57,10 +57,6 @@ class MultiModalBatches:
         self.n_cells = sizes.pop()
         self.device = torch.device(device)
 
-    def n_batches(self, batch_size: int) -> int:
-        """Optimiser steps in one training epoch (full batches only, as :meth:`epoch` yields them)."""
-        return self.n_cells // min(batch_size, self.n_cells) if self.n_cells else 0
-
     def batch(self, rows: torch.Tensor) -> tuple[dict, dict, dict]:
         """Dense counts, library sizes and non-zero entries of ``rows`` for every modality."""
         cuts = {n: m.cut(rows) for n, m in self.mods.items()}

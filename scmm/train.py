@@ -29,6 +29,7 @@ from .batches import MultiModalBatches
 from .module import objective
 from .module.mmvae import MMVAE
 from .precision import autocast
+from .presets import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +269,10 @@ def fit(model: MMVAE, train: MultiModalBatches, test: MultiModalBatches | None, 
             raise RunFileError(checkpoint, "does not match this model and data (was it written "
                                            f"for another run?): {str(err)[:300]}") from None
         history = meta["history"]
-        step = meta["step"] if meta["step"] is not None else meta["epoch"] * train.n_batches(cfg.batch_size)
+        per_epoch = steps_per_epoch(train.n_cells, cfg.batch_size)   # checkpoints written before steps
+        step = meta["step"] if meta["step"] is not None else meta["epoch"] * per_epoch
         best = {"loss": meta["best_loss"], "epoch": meta["best_epoch"], "state": saved["best_state"],
-                "step": meta["best_step"] if meta["best_step"] is not None else
-                (meta["best_epoch"] or 0) * train.n_batches(cfg.batch_size)}
+                "step": meta["best_step"] if meta["best_step"] is not None else (meta["best_epoch"] or 0) * per_epoch}
         smoothed = meta["smoothed"]
         start_epoch = meta["epoch"] + 1
 
