@@ -238,6 +238,7 @@ class RunView:
         self._feature_index = {m: {str(v): i for i, v in enumerate(self.mdata.mod[m].var_names)}
                                for m in self.modalities}
         self._traversal = None
+        self._chromatin = (None, None)
 
     # ----------------------------------------------------------- layout
     def embeddings(self) -> dict[str, tuple[str, tuple[str, str]]]:
@@ -430,6 +431,19 @@ class RunView:
             except (OSError, ValueError, KeyError, TypeError):
                 self._traversal = None
         return self._traversal
+
+    def chromatin(self):
+        """The run's chromatin analyses (:func:`scmm.tl.chromatin_io.read_chromatin`; None when not
+        computed), re-read when ``scmm chromatin`` rewrote them; RunFileError when malformed."""
+        from scmm.tl.chromatin_io import SUMMARY, chromatin_folder, read_chromatin
+        try:
+            stamp = (chromatin_folder(self.path) / SUMMARY).stat().st_mtime_ns
+        except OSError:
+            return None
+        if self._chromatin[0] != stamp:
+            labels = self.mdata.obs[CLUSTER_KEY].astype(str) if CLUSTER_KEY in self.mdata.obs else None
+            self._chromatin = (stamp, read_chromatin(self.path, labels=labels))
+        return self._chromatin[1]
 
     def group_columns(self) -> list[str]:
         """obs columns the heatmaps can be grouped by instead of the clusters (2 to 60 groups)."""

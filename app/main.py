@@ -2,7 +2,7 @@
 
     scmm-app --data-dir data --runs-dir runs --port 8050
 
-Pages: Data, Train, Embeddings, Traversal, Generation (``app/pages/*``).  The
+Pages: Data, Train, Embeddings, Traversal, Generation, Chromatin (``app/pages/*``).  The
 URL carries the page, the run and the page's state (``/embeddings?run=ID&
 color=feat:rna:CD3E``), so any view is a link.  Routing is a plain
 ``dcc.Location`` callback rather than ``use_pages`` so that the app is a
@@ -32,6 +32,7 @@ import diskcache
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html, no_update
 
 from app import data_access, jobs, processes, uploads
+from app.pages import chromatin as chromatin_page
 from app.pages import data as data_page
 from app.pages import embeddings as embeddings_page
 from app.pages import generation as generation_page
@@ -48,10 +49,11 @@ PAGES = [  # (path, nav label, module)
     ("/embeddings", "Embeddings", embeddings_page),
     ("/traversal", "Traversal", traversal_page),
     ("/generation", "Generation", generation_page),
+    ("/chromatin", "Chromatin", chromatin_page),
 ]
 #: query keys each page keeps in the URL besides ``run``
 PAGE_QUERY = {"/embeddings": ("color", "emb"), "/traversal": ("dim", "mod"),
-              "/generation": ("target",)}
+              "/generation": ("target",), "/chromatin": ("dim",)}
 
 
 DEFAULT_MAX_UPLOAD_MB = 2048

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
-from scmm.runfolder import LATENT_KEY
+from scmm.runfolder import LATENT_KEY, RunFileError
 from scmm.tl.traversal import dimension_overview
 
 from app import components, data_access, figures
@@ -133,6 +133,24 @@ def overview_view(overview, modalities) -> html.Div:
                             "dimension change little over the range the cells occupy.",
                             className="small text-muted"),
                      components.table(shown, max_rows=256, id="trav-overview")])
+
+
+def with_nearest_gene(view, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the nearest gene and TSS distance of its peaks, when the run's chromatin analyses
+    name them (``scmm chromatin --genes``); unchanged otherwise or when unreadable."""
+    try:
+        res = view.chromatin() if view is not None else None
+    except RunFileError:
+        return table
+    if res is None or res.peak_genes is None or table.empty:
+        return table
+    hits = res.peak_genes.reindex(table["feature"].astype(str))
+    if hits["gene"].isna().all():
+        return table
+    out = table.copy()
+    out.insert(1, "nearest gene", hits["gene"].fillna("").to_numpy())
+    out.insert(2, "TSS distance (bp)", hits["tss_distance"].to_numpy())
+    return out
 
 
 def associated(trav, dim: int, mod: str, logp: float | None):
@@ -264,7 +282,7 @@ def register(app, cfg) -> None:
             return (no_update,) * 3 + ("the threshold and bars must be numbers",) + (no_update,) * 3
         n_pos = int((table.direction == "positive").sum())
         link = lambda row: "/embeddings?" + urlencode({"run": run_id, "color": f"feat:{mod}:{row['feature']}"})
-        listed = table.drop(columns=["mean_low", "mean_high"], errors="ignore")
+        listed = with_nearest_gene(view, table.drop(columns=["mean_low", "mean_high"], errors="ignore"))
         return (bars, prof, components.table(listed, TABLE_ROWS, link=link, id="trav-features"),
                 f"{n_pos} positive, {len(table) - n_pos} negative at p < 10^-{logp}; the table lists the "
                 f"first {min(TABLE_ROWS, len(table))} of {len(table)} (CSV: all)",
@@ -359,11 +377,11 @@ def register(app, cfg) -> None:
                   State("trav-run", "data"), prevent_initial_call=True)
     def download(_n, dim, mod, logp, run_id):
         """The associated features of this dimension and modality as CSV."""
-        _, trav = _traversal(cfg, run_id)
+        view, trav = _traversal(cfg, run_id)
         if not fits(trav, dim, 0, mod):
             return no_update
         try:
-            table = associated(trav, dim, mod, logp)
+            table = with_nearest_gene(view, associated(trav, dim, mod, logp))
         except (TypeError, ValueError):
             return no_update
         table.insert(0, "dim", int(dim) + 1)

@@ -7,6 +7,14 @@
   Wilcoxon markers, ranking of a cell selection;
 - :mod:`scmm.tl.metrics`: Pearson r, CLR error, batch-mixing entropy, :func:`query_metrics`;
 - :func:`gene_activity`: promoter accessibility per gene (chromatin -> RNA baseline);
+- :func:`peak_sequences`, :func:`jaspar_motifs`, :func:`read_motifs`, :func:`match_motifs`: peak
+  sequences from a FASTA, JASPAR (offline) or file motifs, motifmatchr-style peak x motif matches;
+- :func:`motif_enrichment`, :func:`peak_set_enrichment`, :func:`matched_background`: motif
+  enrichment of a peak set against a GC/accessibility-matched background (Signac FindMotifs);
+- :func:`compute_deviations`, :func:`background_peaks`, :func:`deviations_anndata`: chromVAR;
+- :func:`nearest_genes`, :func:`region_track`, :func:`read_gene_models`: peaks in their genomic
+  context; :func:`chromatin_analysis`: all chromatin analyses of a run (``scmm chromatin``),
+  read back with :func:`read_chromatin`;
 - :func:`analyze`: all of the above for a run folder; :func:`export_all` and the
   ``export_*`` functions: CSV tables and PNG/SVG/PDF figures.
 """
@@ -25,6 +33,14 @@ _HOME = {
     "pearson_per_cell": "metrics", "pearson_per_feature": "metrics", "query_metrics": "metrics",
     "DEFAULT_PVALUES": "traversal", "Traversal": "traversal", "spearman_rows": "traversal",
     "traverse": "traversal", "dimension_overview": "traversal",
+    "GenomeError": "sequences", "gc_content": "sequences", "peak_sequences": "sequences",
+    "MotifMatches": "motifs", "MotifSet": "motifs", "jaspar_motifs": "motifs",
+    "match_motifs": "motifs", "read_motifs": "motifs",
+    "matched_background": "enrichment", "motif_enrichment": "enrichment",
+    "peak_set_enrichment": "enrichment", "background_peaks": "chromvar",
+    "compute_deviations": "chromvar", "deviations_anndata": "chromvar",
+    "nearest_genes": "regions", "region_track": "regions", "read_gene_models": "regions",
+    "chromatin_analysis": "chromatin", "read_chromatin": "chromatin_io",
 }
 __all__ = sorted(_HOME) + ["load_heatmap_tables"]
 

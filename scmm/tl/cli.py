@@ -1,5 +1,5 @@
 """Command-line subcommands of the analyses in :mod:`scmm.tl`:
-``scmm analyze | cluster | umap | traverse | heatmap | export | gene-activity``."""
+``scmm analyze | cluster | umap | traverse | heatmap | export | gene-activity | chromatin``."""
 from __future__ import annotations
 
 import sys
@@ -143,6 +143,29 @@ def cmd_gene_activity(args) -> int:
     return 0
 
 
+def cmd_chromatin(args) -> int:
+    from .chromatin import chromatin_analysis
+
+    def report(step, message):
+        if not args.quiet:
+            print(f"[{step}] {message}", file=sys.stderr)
+
+    summary = chromatin_analysis(args.run, args.fasta, genes=args.genes, motifs=args.motifs,
+                                 collection=args.collection, tax_group=args.tax_group,
+                                 release=args.release, p_value=args.p_value,
+                                 traversal_pvalue=args.pvalue, seed=args.seed, progress=report,
+                                 device=args.device)
+    print(f"{summary['n_motifs']} motifs ({summary['motif_source']}) on {summary['n_peaks']:,} peaks, "
+          f"{summary['matches_per_peak']:.1f} matches per peak; saved in {args.run}/analysis/chromatin")
+    for row in summary["similarity"]:
+        print(f"  motif activity {row['source']} vs original: r = {row['pearson_r']:.3f}")
+    if summary["skipped_peak_sets"]:
+        print(f"  {len(summary['skipped_peak_sets'])} dimension/direction peak sets had fewer than "
+              f"10 peaks: no enrichment for them", file=sys.stderr)
+    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+    return 0
+
+
 def add_subcommands(sub) -> None:
     """Register the analysis subcommands on the ``scmm`` parser's subparsers."""
     p = sub.add_parser("analyze", help="cluster, UMAP, traversal and heatmap tables of a run, saved in it")
@@ -220,3 +243,21 @@ def add_subcommands(sub) -> None:
     p.add_argument("--upstream", type=int, default=2000, help="bp upstream of the TSS (default 2000)")
     p.add_argument("--drop-empty", action="store_true", help="drop genes without any peak")
     p.set_defaults(func=cmd_gene_activity)
+
+    p = sub.add_parser("chromatin", help="motifs behind each latent dimension, motif activity (chromVAR) of "
+                                         "observed and generated accessibility, region tracks, nearest genes")
+    p.add_argument("run", help="an analysed run folder with an ATAC modality")
+    p.add_argument("--fasta", required=True,
+                   help="genome FASTA (indexed with pyfaidx) or one record per peak named by the peak")
+    p.add_argument("--genes", default=None, help="GTF or gene table, for the nearest gene of every peak")
+    p.add_argument("--motifs", default=None, help="motif file (JASPAR / MEME / TRANSFAC) instead of JASPAR")
+    p.add_argument("--collection", default="CORE", help="JASPAR collection (default CORE)")
+    p.add_argument("--tax-group", default="vertebrates", help="JASPAR taxon (default vertebrates)")
+    p.add_argument("--release", default=None, help="JASPAR release (default: pyjaspar's newest)")
+    p.add_argument("--p-value", type=float, default=5e-5, help="motif match p-value (default 5e-5)")
+    p.add_argument("--pvalue", type=float, default=None,
+                   help="traversal p-value threshold of a dimension's peaks (default ATAC 1e-21)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no step messages")
+    p.set_defaults(func=cmd_chromatin)
