@@ -164,6 +164,8 @@ def bench_small(dataset: str, n_cells: int, args) -> dict:
         else mdata.obs["cell_type"].astype(str).to_numpy()
     model, result, seconds = train_model(mdata, args, progress=False)
     latents = model.get_latent()
+    if args.save_runs:
+        model.save(Path(args.save_runs) / f"{dataset}-{n_cells}-seed{args.seed}{args.tag}")
     train = (mdata.obs["scmm_split"] == "train").to_numpy()
     test = ~train
     rna_pcs = lognorm_pcs(mdata["rna"].X, train, n_pcs=min(50, int(train.sum()) - 1), seed=args.seed)
@@ -248,6 +250,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="small-data table: comma-separated seeds")
     parser.add_argument("--resolutions", default=None,
                         help="small-data table: also Leiden over these resolutions (comma-separated)")
+    parser.add_argument("--save-runs", default=None,
+                        help="small-data table: save each trained model as a run folder here")
     parser.add_argument("--tag", default="", help="suffix of the output file")
     parser.add_argument("--summarise", nargs="+", metavar="JSONL", default=None,
                         help="print the markdown table of small-data rows (label=file.jsonl ...)")

@@ -25,3 +25,11 @@ def shared_data() -> Path:
 def fixtures_dir() -> Path:
     """tests/fixtures: small subsets of the real datasets, in the repository."""
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def planted_chromatin_run(tmp_path_factory) -> dict:
+    """A trained, analysed run of the planted-motif simulation with its chromatin analyses
+    (tests/_chromatin_runs.py; about a minute on 2 cores)."""
+    from _chromatin_runs import planted_run
+    return planted_run(tmp_path_factory.mktemp("planted"))

@@ -10,51 +10,23 @@ import pytest
 
 import scmm
 import scmm.cli
-from scmm.demo_chromatin import PLANTED_ID, simulate_planted_motif
+from scmm.demo_chromatin import PLANTED_ID
 from scmm.runfolder import CLUSTER_KEY, RunFileError
-from scmm.tl.analysis import analyze
-from scmm.tl.chromatin import chromatin_analysis
 from scmm.tl.chromatin_io import chromatin_folder, read_chromatin
-from scmm.tl.motifs import MotifSet
 from scmm.tl.regions import nearest_genes
 
 pytestmark = pytest.mark.integration
-N_JASPAR = 60
 
 
 @pytest.fixture(scope="module")
-def motif_set():
-    """The first JASPAR CORE vertebrate motifs plus the simulation's motif (same seed, same counts)."""
-    from scmm.tl.motifs import jaspar_motifs
-    jaspar = jaspar_motifs()
-    sub = jaspar.subset(jaspar.ids[:N_JASPAR])
-    return sub
-
-
-def _trained_run(folder, planted, motif_set):
-    mdata, fasta, gtf = simulate_planted_motif(folder, planted=planted, seed=0)
-    planted_counts = np.array(mdata.uns["planted_motif"]["counts"])
-    scmm.preprocess(mdata, n_top_genes=None, peak_fraction=None)
-    model = scmm.SCMM(mdata, device="cpu")
-    model.train(epochs=60, warmup=20, progress=False)
-    model.get_latent()
-    run = folder / "run"
-    model.save(run)
-    analyze(run, umap=False)
-    motifs = MotifSet(motif_set.ids + [PLANTED_ID], motif_set.names + ["planted"],
-                      motif_set.counts + [planted_counts], "test")
-    summary = chromatin_analysis(run, fasta, genes=gtf, motifs=motifs)
-    return {"run": run, "fasta": fasta, "gtf": gtf, "mdata": mdata, "summary": summary, "motifs": motifs}
+def planted_run(planted_chromatin_run):
+    return planted_chromatin_run
 
 
 @pytest.fixture(scope="module")
-def planted_run(tmp_path_factory, motif_set):
-    return _trained_run(tmp_path_factory.mktemp("planted"), "program", motif_set)
-
-
-@pytest.fixture(scope="module")
-def control_run(tmp_path_factory, motif_set):
-    return _trained_run(tmp_path_factory.mktemp("control"), "random", motif_set)
+def control_run(tmp_path_factory):
+    from _chromatin_runs import planted_run as make
+    return make(tmp_path_factory.mktemp("control"), planted="random")
 
 
 def _planted_ranks(run):

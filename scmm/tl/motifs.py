@@ -19,9 +19,10 @@ dynamic programme as Biopython's ``pssm.distribution(...).threshold_fpr``
 the end of a sequence are not scored, so a sequence shorter than a motif does
 not match it.
 
-Scanning is one ``torch.nn.functional.conv1d`` per chunk of sequences with
-all motifs (both strands) as filters; chunks keep the score tensor below
-about 512 MB.
+Scanning is ``torch.nn.functional.conv1d`` over chunks of one-hot sequences
+with the motifs (both strands) as filters: on a CPU in groups of 256 filters
+of similar length and score tiles of about 2 MB (they stay in cache), on a
+GPU all filters at once in tiles of up to 512 MB (see ``TILES``).
 """
 from __future__ import annotations
 
