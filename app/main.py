@@ -73,6 +73,8 @@ class AppConfig:
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
     work_slots: int = field(default_factory=default_work_slots)
     queue: jobs.JobQueue | None = None
+    genome_fasta: Path | None = None     # for `scmm chromatin` from the Chromatin page (server-side only)
+    genes: Path | None = None
 
     @property
     def slots_dir(self) -> Path:
@@ -144,7 +146,8 @@ def build_layout() -> html.Div:
 def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
                cache_dir: str | Path | None = None, write_demo: bool = True,
                max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, work_slots: int | None = None,
-               max_jobs: int | None = None, schedule: bool = True) -> Dash:
+               max_jobs: int | None = None, schedule: bool = True,
+               genome_fasta: str | Path | None = None, genes: str | Path | None = None) -> Dash:
     """Build the Dash app over ``data_dir`` (datasets) and ``runs_dir`` (run folders).
 
     ``cache_dir`` holds the background-callback cache and dataset summaries
@@ -153,6 +156,8 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
     ``max_upload_mb`` bounds an upload, ``work_slots`` the concurrent child
     tasks, ``max_jobs`` the concurrent trainings (default: one per GPU, one on
     a CPU-only machine); with ``schedule`` a thread starts queued jobs.
+    ``genome_fasta`` (and ``genes``, a GTF) let the Chromatin page compute the
+    chromatin analyses of a run (``scmm chromatin``); the browser never names a path.
     """
     data_dir, runs_dir = Path(data_dir).resolve(), Path(runs_dir).resolve()
     cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="scmm-app-")).resolve()
@@ -160,7 +165,9 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
         folder.mkdir(parents=True, exist_ok=True)
     cfg = AppConfig(data_dir, runs_dir, cache_dir, max_upload_mb=int(max_upload_mb),
                     work_slots=work_slots or default_work_slots(),
-                    queue=jobs.JobQueue(runs_dir, max_running=max_jobs))
+                    queue=jobs.JobQueue(runs_dir, max_running=max_jobs),
+                    genome_fasta=_existing_file(genome_fasta, "--genome-fasta"),
+                    genes=_existing_file(genes, "--genes"))
     if write_demo:
         demo = ensure_demo(cfg.data_dir)
         threading.Thread(target=data_access.summarize, args=(demo, cfg.cache_dir),
@@ -178,6 +185,16 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
     for _, _, module in PAGES:
         module.register(app, cfg)
     return app
+
+
+def _existing_file(path, option: str) -> Path | None:
+    """``path`` resolved, or None; a missing file is refused at start-up, naming the option."""
+    if path is None:
+        return None
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{option}: {path} is not a file")
+    return path
 
 
 def _register_shell(app: Dash, cfg: AppConfig) -> None:
@@ -276,14 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-jobs", type=int, default=None,
                         help="concurrent trainings (default: one per GPU, one without a GPU)")
     parser.add_argument("--threads", type=int, default=16, help="server threads (concurrent requests)")
+    parser.add_argument("--genome-fasta", default=None,
+                        help="genome FASTA for the chromatin analyses of RNA + ATAC runs (Chromatin page)")
+    parser.add_argument("--genes", default=None, help="GTF for the nearest gene of every peak and gene models")
     parser.add_argument("--debug", action="store_true", help="Werkzeug's development server with Dash dev tools")
     args = parser.parse_args(argv)
     for name in ("max_upload_mb", "work_slots", "max_jobs", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    app = create_app(args.data_dir, args.runs_dir, args.cache_dir, max_upload_mb=args.max_upload_mb,
-                     work_slots=args.work_slots, max_jobs=args.max_jobs)
+    try:
+        app = create_app(args.data_dir, args.runs_dir, args.cache_dir, max_upload_mb=args.max_upload_mb,
+                         work_slots=args.work_slots, max_jobs=args.max_jobs,
+                         genome_fasta=args.genome_fasta, genes=args.genes)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     cfg = app.scmm_config
     print(f"scMM Explorer on http://{args.host}:{args.port}  (data: {cfg.data_dir}, runs: {cfg.runs_dir}; "
           f"{cfg.queue.max_running} training(s) at a time, {cfg.work_slots} work slot(s), "

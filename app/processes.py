@@ -105,6 +105,16 @@ def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def library_warnings(stderr: str) -> list[str]:
+    """The warnings a child's ``scmm`` raised (``...: UserWarning: text`` lines), in order, once each."""
+    found = []
+    for line in stderr.splitlines():
+        _, sep, text = line.partition("Warning: ")
+        if sep and text.strip() and text.strip() not in found:
+            found.append(text.strip())
+    return found
+
+
 def start_child(cmd: list[str], log) -> subprocess.Popen:
     """Start ``cmd`` with its output going to the open file ``log``; it dies with this process."""
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),

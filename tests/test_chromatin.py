@@ -223,3 +223,43 @@ def test_page_without_analyses_says_how_to_make_them(planted_run, server):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.move(hidden, folder)
+
+
+def test_server_computes_with_its_own_genome(planted_run, tmp_path):
+    """``scmm-app --genome-fasta --genes``: the page offers Compute; the browser names no path; a second
+    request while one runs is refused; a missing genome file stops the server at start-up."""
+    import shutil
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from live_server import DashClient, free_port, start_server, stop_server
+
+    from app.pages.chromatin import compute, run_lock
+
+    runs = tmp_path / "runs"
+    run = shutil.copytree(planted_run["run"], runs / "copy")
+    shutil.rmtree(chromatin_folder(run))
+    (tmp_path / "data").mkdir()
+    port = free_port()
+    proc = start_server(tmp_path / "data", runs, tmp_path / "cache", port, tmp_path / "server.log",
+                        "--genome-fasta", planted_run["fasta"], "--genes", planted_run["gtf"])
+    try:
+        client = DashClient(f"http://127.0.0.1:{port}", timeout=600)
+        text = _page(client, "?run=copy")
+        assert "Compute the chromatin analyses" in text and "genome.fa" in text
+        out = client.call("chrom-compute-status.children", {"chrom-compute.n_clicks": 1}, {"chrom-run.data": "copy"})
+        assert "Show them" in str(out["chrom-compute-status.children"]), out
+        res = read_chromatin(run)
+        assert res.summary["n_motifs"] > 500 and res.peak_genes is not None     # JASPAR, with the GTF's genes
+        assert "Recompute the chromatin analyses" in _page(client, "?run=copy")
+    finally:
+        stop_server(proc)
+    cfg = SimpleNamespace(genome_fasta=planted_run["fasta"], genes=None, slots_dir=tmp_path / "slots", work_slots=1)
+    with run_lock(run):
+        error, _ = compute(cfg, run)
+    assert "being computed already" in error
+    started = subprocess.run([sys.executable, "-m", "app.main", "--genome-fasta", str(tmp_path / "nope.fa"),
+                              "--data-dir", str(tmp_path / "d2"), "--runs-dir", str(runs)],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2 and "nope.fa is not a file" in started.stderr

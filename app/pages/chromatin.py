@@ -8,6 +8,11 @@ a gene annotation was given.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import subprocess
+from pathlib import Path
+
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
@@ -16,7 +21,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from scmm.runfolder import RunFileError
 from scmm.tl.regions import locate, peaks_in_region
 
-from app import chromatin_figures, components, data_access, figures
+from app import chromatin_figures, components, data_access, figures, processes
 from app.pages.embeddings import not_shown, run_missing
 
 TABLE_ROWS = 20
@@ -39,14 +44,65 @@ def results_of(cfg, run_id):
         return view, None, str(err)
 
 
-def command_hint(run_id: str) -> html.Div:
-    """How to compute the analyses (the server never reads a genome path from the browser)."""
+COMPUTE_TIMEOUT = 4 * 3600
+
+
+def command_hint(cfg, run_id: str) -> html.Div:
+    """Why there is nothing yet and how to compute it (the browser never names a genome path)."""
+    if cfg.genome_fasta is not None:
+        return dbc.Alert([html.Strong("No chromatin analyses for this run yet. "),
+                          "Compute them below with the server's genome."], color="info", id="chromatin-missing")
     return dbc.Alert([
         html.Strong("No chromatin analyses for this run yet. "),
         "They need the genome sequence (and a GTF for gene names), which the server does not take "
-        "from the browser. On the server, run:",
+        "from the browser: start the app with `scmm-app --genome-fasta genome.fa --genes genes.gtf` "
+        "to compute them here, or run on the server:",
         html.Pre(f"scmm chromatin runs/{run_id} --fasta genome.fa --genes genes.gtf", className="mb-0 mt-2"),
     ], color="info", id="chromatin-missing")
+
+
+def compute_card(cfg, exists: bool) -> list:
+    """The Compute button when the server has a genome (``scmm-app --genome-fasta``)."""
+    if cfg.genome_fasta is None:
+        return []
+    genes = f" and genes from {cfg.genes.name}" if cfg.genes is not None else " (no GTF: no gene names)"
+    return [dbc.Card(dbc.CardBody([
+        html.Div(f"Genome: {cfg.genome_fasta.name}{genes}; motifs: JASPAR CORE vertebrates.", className="small"),
+        dbc.Button("Recompute the chromatin analyses" if exists else "Compute the chromatin analyses",
+                   id="chrom-compute", color="secondary" if exists else "primary", size="sm", className="mt-2"),
+        dcc.Loading(html.Div(id="chrom-compute-status", className="small mt-2")),
+    ]), className="mb-3")]
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run's chromatin lock (raises BlockingIOError when another computation holds it)."""
+    folder = Path(run_dir) / "analysis"
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".chromatin.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+def compute(cfg, run_dir: Path) -> tuple[str | None, list[str]]:
+    """``python -m scmm chromatin`` for the run in a child and a work slot: (error or None, warnings)."""
+    cmd = processes.python_command("scmm", "chromatin", run_dir, "--fasta", cfg.genome_fasta, "--quiet")
+    if cfg.genes is not None:
+        cmd += ["--genes", str(cfg.genes)]
+    try:
+        with run_lock(run_dir), processes.work_slot(cfg.slots_dir, cfg.work_slots, wait=300):
+            proc = processes.run_child(cmd, COMPUTE_TIMEOUT)
+    except BlockingIOError:
+        return "the chromatin analyses of this run are being computed already (another request)", []
+    except processes.Busy as err:
+        return str(err), []
+    except subprocess.TimeoutExpired:
+        return f"the computation took longer than {COMPUTE_TIMEOUT // 3600} h and was stopped", []
+    warned = processes.library_warnings(proc.stderr)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        return (lines[-1][:500] if lines else f"exit code {proc.returncode}"), warned
+    return None, warned
 
 
 def enrichment_of(res, dim: int, direction: str) -> pd.DataFrame:
@@ -66,7 +122,8 @@ def layout(cfg, run_id, query) -> html.Div:
         return html.Div([head, dbc.Alert([html.Strong("The chromatin analyses are unreadable: "), problem],
                                          color="warning", id="chromatin-unreadable")])
     if res is None:
-        return html.Div([head, command_hint(view.id)])
+        return html.Div([dcc.Store(id="chrom-run", data=view.id), head, command_hint(cfg, view.id),
+                         *compute_card(cfg, exists=False)])
     n_dims = view.latent_dim or int(res.enrichment["dim"].max() + 1 if len(res.enrichment) else 1)
     notes = []
     dim = 0
@@ -121,6 +178,7 @@ def layout(cfg, run_id, query) -> html.Div:
                                extra=activity_controls),
         components.figure_card("region-tracks", None, "Accessibility per cluster (per 10k counts of the "
                                "cluster), original vs generated", extra=region_controls),
+        *compute_card(cfg, exists=True),
     ])
 
 
@@ -321,3 +379,21 @@ def register(app, cfg) -> None:
         if rows is None:
             return no_update
         return dict(content=rows.to_csv(index=False), filename=components.safe_name(f"{run_id}_{region}_tracks") + ".csv")
+
+    @app.callback(Output("chrom-compute-status", "children"), Input("chrom-compute", "n_clicks"),
+                  State("chrom-run", "data"), background=True, prevent_initial_call=True,
+                  running=[(Output("chrom-compute", "disabled"), True, False)])
+    def compute_now(n, run_id):
+        """Compute the run's chromatin analyses with the server's genome (a child process)."""
+        processes.exit_with_parent()
+        run_dir = data_access.resolve_run(cfg.runs_dir, run_id)
+        if not n or cfg.genome_fasta is None or run_dir is None:
+            return no_update
+        error, warned = compute(cfg, run_dir)
+        notes = [dbc.Alert(f"warning: {w}", color="warning", className="py-1 mb-1") for w in warned]
+        if error:
+            return [dbc.Alert(f"Not computed: {error}", color="danger", className="py-1 mb-1",
+                              id="chrom-compute-error"), *notes]
+        return [html.Span("Computed. ", className="fw-semibold"),
+                dcc.Link("Show them", href=f"/chromatin?run={run_id}", refresh=True, id="chrom-compute-done"),
+                *notes]

@@ -159,16 +159,6 @@ def check_direction(view, target, source) -> str | None:
     return None
 
 
-def library_warnings(stderr: str) -> list[str]:
-    """The warnings a child's ``scmm`` raised (``...: UserWarning: text`` lines), in order, once each."""
-    found = []
-    for line in stderr.splitlines():
-        _, sep, text = line.partition("Warning: ")
-        if sep and text.strip() and text.strip() not in found:
-            found.append(text.strip())
-    return found
-
-
 def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: Path | None = None,
                 timeout: float = 900, on_wait=None) -> tuple[str | None, list[str]]:
     """``python -m scmm predict`` in a child process and a work slot: (error message or None, warnings).
@@ -192,7 +182,7 @@ def run_predict(cfg, run_dir: Path, target: str, source: str, out: Path, query: 
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
         return f"the prediction took longer than {timeout:.0f} s", []
-    warned = library_warnings(proc.stderr)
+    warned = processes.library_warnings(proc.stderr)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
