@@ -5,6 +5,7 @@ Needs ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` (apt: chromium chromiu
 """
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ui" in item.keywords:
             item.add_marker(skip)
+
+
+README_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where screenshots go: the README's folder only when asked (SCMM_UPDATE_SCREENSHOTS=1)."""
+    folder = README_SHOTS if os.environ.get("SCMM_UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -14,7 +14,6 @@ writes them to docs/screenshots/ instead (the README's pictures):
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -25,16 +24,7 @@ from app import jobs
 from app.main import create_app
 
 pytestmark = [pytest.mark.ui, pytest.mark.filterwarnings("ignore::UserWarning:mudata")]
-README_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TRAIN_EPOCHS = 2
-
-
-@pytest.fixture
-def shots(tmp_path) -> Path:
-    """Where screenshots go: the README's folder only when asked (SCMM_UPDATE_SCREENSHOTS=1)."""
-    folder = README_SHOTS if os.environ.get("SCMM_UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def shot(dash_duo, folder: Path, name: str) -> None:

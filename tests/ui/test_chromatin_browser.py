@@ -5,7 +5,7 @@ tests/ui/test_browser.py puts them (``SCMM_UPDATE_SCREENSHOTS=1``: docs/screensh
 from __future__ import annotations
 
 import pytest
-from test_browser import click_id, plot_of, retype, severe_logs, shot, shots, visit, wait_for_download, wait_js  # noqa: F401
+from test_browser import click_id, plot_of, retype, severe_logs, shot, visit, wait_for_download, wait_js
 
 from app.main import create_app
 from scmm.demo_chromatin import PLANTED_ID
