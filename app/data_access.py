@@ -300,18 +300,21 @@ class RunView:
                 for c in self.obs_columns()]
         opts += [{"label": f"latent z{d + 1}", "value": f"z:{d}"} for d in range(self.latent_dim)]
         needle = (search or "").strip().lower()
+        genes = self.peak_genes()
+        label = lambda m, n: f"{m}: {n}" + (f" · {genes[n]}" if n in genes else "")
         if not needle:
             for m in self.modalities:
-                opts += [{"label": f"{m}: {n}", "value": f"feat:{m}:{n}"} for n in list(self._feature_index[m])[:limit]]
+                opts += [{"label": label(m, n), "value": f"feat:{m}:{n}"} for n in list(self._feature_index[m])[:limit]]
             return opts
         opts = [o for o in opts if needle in o["label"].lower()]
         n_hits = 0
         for m in self.modalities:
-            hits = [n for n in self._feature_index[m] if needle in n.lower()]
+            # a peak is found by its own name or by its nearest gene's
+            hits = [n for n in self._feature_index[m] if needle in n.lower() or needle in genes.get(n, "").lower()]
             # exact (any case) first, then prefixes, then the rest, shortest first
             hits.sort(key=lambda n: (n.lower() != needle, not n.lower().startswith(needle), len(n), n))
             n_hits += len(hits)
-            opts += [{"label": f"{m}: {n}", "value": f"feat:{m}:{n}"} for n in hits[:limit]]
+            opts += [{"label": label(m, n), "value": f"feat:{m}:{n}"} for n in hits[:limit]]
         shown = {o["value"] for o in opts}
         opts += [{"label": f"{m}: {n} (close match)", "value": f"feat:{m}:{n}"}
                  for m, n in self.close_features(search) if f"feat:{m}:{n}" not in shown]
@@ -431,6 +434,14 @@ class RunView:
             except (OSError, ValueError, KeyError, TypeError):
                 self._traversal = None
         return self._traversal
+
+    def peak_genes(self) -> dict[str, str]:
+        """``{peak: "Gene (+1.2 kb)"}`` from the chromatin analyses (empty without them)."""
+        try:
+            res = self.chromatin()
+        except runfolder.RunFileError:
+            return {}
+        return {} if res is None else res.gene_labels()
 
     def chromatin(self):
         """The run's chromatin analyses (:func:`scmm.tl.chromatin_io.read_chromatin`; None when not

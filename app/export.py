@@ -515,7 +515,29 @@ def run_tables(cfg, run_id: str) -> list[tuple[str, str, bytes]]:
                 out.append((f"{view.id}_{mod}_associated.csv",
                             f"{mod} features associated with each latent dimension (default threshold)",
                             pd.concat(frames, ignore_index=True).to_csv(index=False).encode()))
+    out += chromatin_tables(view)
     return out
+
+
+def chromatin_tables(view) -> list[tuple[str, str, bytes]]:
+    """The chromatin analyses' tables of a run (none when not computed or unreadable)."""
+    from scmm.runfolder import RunFileError
+    try:
+        res = view.chromatin()
+    except RunFileError:
+        return []
+    if res is None:
+        return []
+    out = [(f"{view.id}_motif_enrichment.csv", "motifs enriched in each dimension's peaks (vs matched background)",
+            res.enrichment.to_csv(index=False).encode())]
+    for key, table in res.activity.items():
+        out.append((f"{view.id}_motif_activity_{key}.csv", f"cluster x motif mean chromVAR z, {key}",
+                    table.to_csv().encode()))
+    if res.peak_genes is not None:
+        out.append((f"{view.id}_peak_genes.csv", "nearest gene and TSS distance of every peak",
+                    res.peak_genes.to_csv().encode()))
+    return out
+
 
 
 def bundle(cfg, run_id: str, formats=("png", "pdf"), width=None, height=None, scale=2) -> bytes:

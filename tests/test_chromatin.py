@@ -263,3 +263,15 @@ def test_server_computes_with_its_own_genome(planted_run, tmp_path):
                               "--data-dir", str(tmp_path / "d2"), "--runs-dir", str(runs)],
                              capture_output=True, text=True, timeout=120)
     assert started.returncode == 2 and "nope.fa is not a file" in started.stderr
+
+
+def test_peaks_are_found_by_gene_and_tables_join_the_bundle(planted_run):
+    from app import data_access
+    from app.export import chromatin_tables
+    view = data_access.get_run(planted_run["run"])
+    gene = read_chromatin(planted_run["run"]).peak_genes["gene"].iloc[5]
+    options = [o for o in view.colour_options(gene.lower()) if o["value"].startswith("feat:atac:")]
+    assert options and all(f"· {gene} (" in o["label"] for o in options)
+    names = [name for name, _, _ in chromatin_tables(view)]
+    assert names == ["run_motif_enrichment.csv", "run_motif_activity_original.csv", "run_motif_activity_from_rna.csv",
+                     "run_motif_activity_from_atac.csv", "run_peak_genes.csv"]

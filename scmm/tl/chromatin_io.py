@@ -54,6 +54,16 @@ class ChromatinResults:
     peak_genes: pd.DataFrame | None = None
     gene_models: pd.DataFrame | None = None
     stale: bool = field(default=False)
+    _gene_labels: dict | None = field(default=None, repr=False)
+
+    def gene_labels(self) -> dict[str, str]:
+        """``{peak: "Gene (+1.2 kb)"}`` (empty without a gene annotation)."""
+        if self._gene_labels is None:
+            from .regions import gene_label
+            table = self.peak_genes
+            self._gene_labels = {} if table is None else {
+                p: gene_label(g, d) for p, g, d in zip(table.index, table["gene"], table["tss_distance"]) if g}
+        return self._gene_labels
 
     @property
     def sources(self) -> list[str]:

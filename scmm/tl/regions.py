@@ -83,6 +83,11 @@ def _kb(distance: float) -> str:
     return f"{sign}{value / 1000:.1f} kb" if value >= 1000 else f"{sign}{int(value)} bp"
 
 
+def gene_label(gene: str, distance: float) -> str:
+    """``Lef1 (+1.2 kb)`` (``Lef1`` when the distance is unknown)."""
+    return f"{gene} ({_kb(distance)})" if np.isfinite(distance) else str(gene)
+
+
 def peak_labels(peaks, nearest: pd.DataFrame | None = None) -> list[str]:
     """Readable peak names ``chr1:3,094,708-3,095,552``, with `` · Gene (+1.2 kb)`` when known."""
     coords = parse_peaks(peaks)
@@ -92,7 +97,7 @@ def peak_labels(peaks, nearest: pd.DataFrame | None = None) -> list[str]:
         if nearest is not None and name in nearest.index:
             hit = nearest.loc[name]
             if hit["gene"] and np.isfinite(hit["tss_distance"]):
-                text += f" · {hit['gene']} ({_kb(hit['tss_distance'])})"
+                text += f" · {gene_label(hit['gene'], hit['tss_distance'])}"
         labels.append(text)
     return labels
 
