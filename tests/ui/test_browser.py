@@ -123,7 +123,8 @@ def wait_js(dash_duo, script: str, timeout: float = 30):
 
 def retype(dash_duo, element_id: str, text: str, timeout: float = 30) -> None:
     """Replace the text of input ``element_id`` once the page lets it be typed into (it may re-render)."""
-    from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
+    from selenium.common.exceptions import (ElementNotInteractableException, InvalidElementStateException,
+                                            StaleElementReferenceException)
     deadline = time.time() + timeout
     while True:
         box = dash_duo.driver.execute_script("return document.getElementById(arguments[0]);", element_id)
@@ -133,7 +134,8 @@ def retype(dash_duo, element_id: str, text: str, timeout: float = 30) -> None:
             box.clear()
             box.send_keys(text)
             return
-        except (ElementNotInteractableException, StaleElementReferenceException):
+        except (ElementNotInteractableException, InvalidElementStateException, StaleElementReferenceException):
+            # the input is re-rendered or briefly disabled (read-only) while its callback runs
             if time.time() > deadline:
                 raise
             time.sleep(0.5)
