@@ -19,7 +19,7 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
 from scmm.runfolder import RunFileError
-from scmm.tl.regions import locate, peaks_in_region
+from scmm.tl.regions import locate, overlapping, peaks_in_region
 
 from app import chromatin_figures, components, data_access, figures, processes
 from app.pages.embeddings import not_shown, run_missing
@@ -248,9 +248,7 @@ def region_figure(res, region: str, source: str, table: bool = False):
         return pd.concat([t.assign(source=k) for k, t in tracks.items()], ignore_index=True), ""
     models = None
     if res.gene_models is not None:
-        on = res.gene_models[(res.gene_models["chrom"].isin({chrom, chrom.removeprefix("chr"), "chr" + chrom.removeprefix("chr")}))
-                             & (res.gene_models["end"] >= start) & (res.gene_models["start"] <= end)]
-        models = on.head(30)
+        models = res.gene_models.iloc[overlapping(res.gene_models, chrom, start, end)].head(30)
     fig = chromatin_figures.region_tracks(
         tracks, chrom, start, end, models,
         {"original": "observed", source: f"generated from {str(source).removeprefix('from_')}"},

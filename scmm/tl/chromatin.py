@@ -107,9 +107,8 @@ def dimension_enrichment(trav, modality: str, matches, motif_ids, motif_names, g
     return out
 
 
-def _generated_chunks(model, source, target, mdata, library, batch_size=2048):
-    """(start, stop, decoded target means) of ``target`` generated from ``source``, in cell chunks."""
-    z = model.encode(source, mdata)
+def _generated_chunks(model, z, target, library, batch_size=2048):
+    """(start, stop, decoded target means) for the latent codes ``z``, in cell chunks."""
     for start in range(0, len(z), batch_size):
         stop = min(start + batch_size, len(z))
         yield start, stop, model.decode(z[start:stop], target, library=library[start:stop])
@@ -208,14 +207,15 @@ def chromatin_analysis(run_dir, fasta, genes=None, motifs=None, collection: str 
     z = {"original": compute_deviations(counts, annotation, background).z}
     profiles = {"original": np.asarray((G @ counts).todense()) / depth * PER_DEPTH}
     for source in model.names:
+        z_cells = model.encode(source, mdata)     # once; decoded twice (expectation, then deviations)
         totals = np.zeros(len(peaks))
         group_totals = np.zeros((len(groups), len(peaks)))
-        for start, stop, block in _generated_chunks(model, source, atac, mdata, library):
+        for start, stop, block in _generated_chunks(model, z_cells, atac, library):
             totals += block.sum(axis=0)
             group_totals += G[:, start:stop] @ block
         expectation = totals / totals.sum()
         z_source = np.zeros((len(labels), len(matches.motif_ids)))
-        for start, stop, block in _generated_chunks(model, source, atac, mdata, library):
+        for start, stop, block in _generated_chunks(model, z_cells, atac, library):
             z_source[start:stop] = compute_deviations(block, annotation, background,
                                                       expectation=expectation).z
         z[f"from_{source}"] = z_source

@@ -154,13 +154,17 @@ def locate(region: str, models: pd.DataFrame | None = None, flank: int = 50_000)
     raise ValueError(f"{region!r} is neither a region (chr1:1000-5000) nor a gene of the annotation")
 
 
+def overlapping(table: pd.DataFrame, chrom: str, start: int, end: int) -> np.ndarray:
+    """Rows of ``table`` (``chrom, start, end``) overlapping [start, end] on ``chrom`` (``chr`` prefix tolerant)."""
+    names = {chrom, chrom.removeprefix("chr"), "chr" + chrom.removeprefix("chr")}
+    hit = (table["chrom"].isin(names) & (table["end"].to_numpy() >= start)
+           & (table["start"].to_numpy() <= end))
+    return np.flatnonzero(hit.to_numpy())
+
+
 def peaks_in_region(peaks, chrom: str, start: int, end: int) -> np.ndarray:
     """Indices of the peaks overlapping [start, end] on ``chrom`` (``chr`` prefix tolerant)."""
-    coords = parse_peaks(peaks)
-    names = {chrom, chrom.removeprefix("chr"), "chr" + chrom.removeprefix("chr")}
-    hit = (coords["chrom"].isin(names) & (coords["end"].to_numpy() >= start)
-           & (coords["start"].to_numpy() <= end))
-    return np.flatnonzero(hit.to_numpy())
+    return overlapping(parse_peaks(peaks), chrom, start, end)
 
 
 def region_track(values, peaks, labels, chrom: str, start: int, end: int,
