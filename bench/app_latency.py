@@ -62,8 +62,9 @@ def direct(view, repeats: int) -> dict:
     genes = [f"feat:{view.modalities[0]}:{g}" for g in list(view._feature_index[view.modalities[0]])[:repeats + 1]]
     it = iter(genes * 10)
     out = {}
-    out["colour change (Patch)"] = timed(lambda: encode(embeddings.colour_patch(view, "joint", *embeddings.coloured(view, next(it)))), repeats)
-    out["colour by cluster (Patch)"] = timed(lambda: encode(embeddings.colour_patch(view, "joint", *embeddings.coloured(view, "obs:scmm_cluster"))), repeats)
+    # gene -> gene: the drawing order changes, so the points are sent again; cluster -> cluster: colours only
+    out["colour change (Patch)"] = timed(lambda: encode(embeddings.colour_patch(view, "joint", *embeddings.coloured(view, next(it)), True)), repeats)
+    out["colour by cluster (Patch)"] = timed(lambda: encode(embeddings.colour_patch(view, "joint", *embeddings.coloured(view, "obs:scmm_cluster"), False)), repeats)
     out["embedding switch (full figure)"] = timed(lambda: encode(embeddings.colour_figure(view, "rna", genes[0])), max(2, repeats // 2))
     trav = view.traversal()
     if trav is not None:

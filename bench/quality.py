@@ -171,7 +171,9 @@ def bench_small(dataset: str, n_cells: int, args) -> dict:
     rna_pcs = lognorm_pcs(mdata["rna"].X, train, n_pcs=min(50, int(train.sum()) - 1), seed=args.seed)
     second = clr(mdata["prot"].X) if dataset == "cite" else lsi(mdata["atac"].X, train, seed=args.seed)
     reps = {"scmm_joint": latents["X_scmm"], "scmm_rna": latents["X_scmm_rna"],
-            f"scmm_{other}": latents[f"X_scmm_{other}"], "rna_pca50": rna_pcs,
+            f"scmm_{other}": latents[f"X_scmm_{other}"],
+            f"scmm_rna+{other}": np.hstack([latents["X_scmm_rna"], latents[f"X_scmm_{other}"]]),
+            "rna_pca50": rna_pcs,
             f"rna_pca50+{'clr_prot' if dataset == 'cite' else 'atac_lsi50'}":
                 np.hstack([scaled(rna_pcs), scaled(second)])}
     row = {"dataset": dataset, "n_cells": int(mdata.n_obs), "seed": args.seed,

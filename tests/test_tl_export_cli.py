@@ -101,3 +101,32 @@ def test_cli_help(command, capsys):
         scmm.cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: scmm " + command in capsys.readouterr().out
+
+
+def test_analyze_clusters_the_chosen_representation(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from scmm.tl import cluster
+    from scmm.tl.analysis import cluster_representation
+    from _tl_data import saved_run
+    run = tmp_path / "run"
+    shutil.copytree(saved_run(), run)
+    assert scmm.cli.main(["analyze", str(run), "--cluster-on", "concat", "--no-umap", "--quiet"]) == 0
+    mdata = md.read_h5mu(run / "results.h5mu")
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    assert summary["cluster_params"]["cluster_on"] == "concat"
+    assert "X_cluster_input" not in mdata.obsm
+    side_by_side = cluster_representation(mdata, ["rna", "prot"], "concat")
+    assert side_by_side.shape == (mdata.n_obs, 20)
+    np.testing.assert_array_equal(side_by_side[:, 10:], mdata.obsm["X_scmm_prot"])
+    mdata.obsm["X_expected"] = side_by_side
+    expected = cluster(mdata, use_rep="X_expected", key_added="expected")
+    assert (expected.to_numpy() == mdata.obs["scmm_cluster"].to_numpy()).all()
+    joint = cluster(mdata, key_added="joint")
+    assert summary["n_clusters"] == expected.nunique() and not (joint.to_numpy() == expected.to_numpy()).all()
+    np.testing.assert_array_equal(cluster_representation(mdata, ["rna", "prot"], "prot"), mdata.obsm["X_scmm_prot"])
+    with pytest.raises(ValueError, match="'joint', 'concat' or a modality"):
+        cluster_representation(mdata, ["rna", "prot"], "atac")
+    assert scmm.cli.main(["analyze", str(run), "--cluster-on", "atac", "--no-umap", "--quiet"]) == 2

@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..model import SCMM
@@ -25,6 +26,8 @@ from .clustering import cluster
 from .heatmap import heatmap_tables, marker_features, markers
 from .traversal import traverse
 from .umaps import umap as run_umap
+
+CLUSTER_INPUT = "X_cluster_input"  # obsm key of the clustered representation while clustering
 
 
 def write_results(mdata, run_dir) -> Path:
@@ -48,14 +51,35 @@ def _json_safe(value):
     return value
 
 
+def cluster_representation(mdata, names: list[str], cluster_on: str) -> np.ndarray:
+    """The cells' representation that ``analyze`` clusters.
+
+    ``"joint"``: the joint latent ``X_scmm``, the mean of the modality posterior
+    locations (the paper's); ``"concat"``: the modality locations side by side
+    (cells x modalities*D), which keeps what one modality's encoder separates
+    when another's is weaker instead of averaging it away; a modality name:
+    that modality's latent alone.
+    """
+    if cluster_on == "joint":
+        return np.asarray(mdata.obsm[latent_key()])
+    if cluster_on == "concat":
+        return np.hstack([np.asarray(mdata.obsm[latent_key(m)]) for m in names])
+    if cluster_on in names:
+        return np.asarray(mdata.obsm[latent_key(cluster_on)])
+    raise ValueError(f"cluster_on must be 'joint', 'concat' or a modality ({', '.join(names)}), "
+                     f"not {cluster_on!r}")
+
+
 def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str = "leiden",
             seed: int = 0, n_markers: int = 5, umap: bool = True, progress=None,
-            device: str | None = None) -> dict:
+            device: str | None = None, cluster_on: str = "joint") -> dict:
     """Cluster, embed, traverse and tabulate a saved run; save everything into ``run_dir``.
 
-    ``progress(step, message)`` is called before each step (for the app's job
-    status).  Returns a summary dict (cluster sizes, similarity of the heatmap
-    tables, seconds per step, files written).
+    ``cluster_on``: the representation clustered (:func:`cluster_representation`;
+    default the joint latent, as the paper).  ``progress(step, message)`` is
+    called before each step (for the app's job status).  Returns a summary dict
+    (cluster sizes, similarity of the heatmap tables, seconds per step, files
+    written).
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -80,9 +104,14 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     mdata = model.mdata
     if any(latent_key(m) not in mdata.obsm for m in [None, *model.names]):
         model.get_latent()
+    represented = cluster_representation(mdata, list(model.names), cluster_on)
     lap("load")
-    report("cluster", "clustering the joint latent")
-    labels = cluster(mdata, k=k, resolution=resolution, method=method, seed=seed)
+    report("cluster", f"clustering the {cluster_on} latent")
+    mdata.obsm[CLUSTER_INPUT] = represented
+    try:
+        labels = cluster(mdata, use_rep=CLUSTER_INPUT, k=k, resolution=resolution, method=method, seed=seed)
+    finally:
+        del mdata.obsm[CLUSTER_INPUT]
     lap("cluster")
     if umap:
         report("umap", "UMAP of each latent")
@@ -91,7 +120,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     report("traversal", "latent traversal")
     trav = traverse(model, run_dir=run_dir)
     lap("traversal")
-    report("heatmap", "cluster x feature tables")
+    report("markers", "marker features of each cluster")
     folder = run_dir / ANALYSIS_DIR
     folder.mkdir(exist_ok=True)
     # the tables are about to change: an old summary must not vouch for them if this run fails
@@ -101,6 +130,8 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     if n_clusters >= 2:
         marker_tables = {m: markers(mdata, m, n=max(n_markers, 10)) for m in model.names}
         features = {m: marker_features(t, n_markers) for m, t in marker_tables.items()}
+        lap("markers")
+        report("heatmap", "cluster x feature tables")
         tables = heatmap_tables(model, mdata, features=features)
         write_heatmap_tables(tables, folder)
         pd.concat([t.assign(modality=m) for m, t in marker_tables.items()], ignore_index=True)[
@@ -114,7 +145,8 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
         "n_cells": int(mdata.n_obs), "n_clusters": int(n_clusters),
         "cluster_sizes": {str(c): int(v) for c, v in labels.value_counts(sort=False).items()},
         "cluster_digest": labels_digest(labels),
-        "cluster_params": {"k": k, "resolution": resolution, "method": method, "seed": seed},
+        "cluster_params": {"k": k, "resolution": resolution, "method": method, "seed": seed,
+                           "cluster_on": cluster_on},
         "heatmap_tables": [key for key in tables if key != "similarity"],
         "similarity": tables["similarity"].to_dict(orient="records") if tables else [],
         "associated_counts": trav.summary().to_dict(orient="records"),

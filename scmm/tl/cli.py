@@ -32,7 +32,7 @@ def cmd_analyze(args) -> int:
 
     summary = analyze(args.run, resolution=args.resolution, k=args.k, method=args.method,
                       seed=args.seed, n_markers=args.n_markers, umap=not args.no_umap,
-                      progress=report, device=args.device)
+                      progress=report, device=args.device, cluster_on=args.cluster_on)
     print(f"{summary['n_clusters']} clusters on {summary['n_cells']} cells; "
           f"analysis saved in {args.run}")
     for row in summary["similarity"]:
@@ -173,6 +173,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--resolution", type=float, default=1.0, help="clustering resolution (default 1)")
     p.add_argument("--k", type=int, default=None, help="neighbours (default 20; 15 with ATAC)")
     p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
+    p.add_argument("--cluster-on", default="joint", metavar="REP",
+                   help="'joint' (default: the mean of the modality latents, as the paper), 'concat' "
+                        "(the modality latents side by side) or a modality name")
     p.add_argument("--n-markers", type=int, default=5, help="marker features per cluster in the heatmaps")
     p.add_argument("--no-umap", action="store_true", help="skip the UMAPs")
     p.add_argument("--seed", type=int, default=0)
