@@ -13,6 +13,7 @@ import difflib
 import functools
 import hashlib
 import json
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -284,6 +285,17 @@ class RunView:
         return np.arange(self.n_cells), f"all {self.n_cells:,} cells (the run has no test split)"
 
     # ----------------------------------------------------------- colours
+    @functools.cached_property
+    def cluster_label(self) -> str:
+        """"cluster", or "cluster (<rep> latent)" when ``scmm analyze --cluster-on`` chose another
+        representation than the joint latent (read from ``uns``, validated)."""
+        params = self.mdata.uns.get("scmm_cluster_params")
+        on = params.get("cluster_on") if hasattr(params, "get") else None
+        on = on.item() if isinstance(on, np.ndarray) and on.size == 1 else on
+        if isinstance(on, str) and on != "joint" and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", on):
+            return f"cluster ({on} latent)"
+        return "cluster"
+
     def obs_columns(self) -> list[str]:
         """obs columns offered as colours (cluster first)."""
         cols = [str(c) for c in self.mdata.obs.columns if c not in HIDDEN_OBS]
@@ -296,7 +308,7 @@ class RunView:
         ``feat:<modality>:<feature>``.  Without a search, the first features of
         each modality are offered; with one, features containing it.
         """
-        opts = [{"label": ("cluster" if c == CLUSTER_KEY else c), "value": f"obs:{c}"}
+        opts = [{"label": (self.cluster_label if c == CLUSTER_KEY else c), "value": f"obs:{c}"}
                 for c in self.obs_columns()]
         opts += [{"label": f"latent z{d + 1}", "value": f"z:{d}"} for d in range(self.latent_dim)]
         needle = (search or "").strip().lower()
@@ -397,7 +409,7 @@ class RunView:
             return {"values": np.zeros(self.n_cells, np.float32), "kind": "continuous",
                     "label": "none", "categories": None}
         series = self.mdata.obs[col]
-        label = "cluster" if col == CLUSTER_KEY else col
+        label = self.cluster_label if col == CLUSTER_KEY else col
         if pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.CategoricalDtype) \
                 and series.nunique() > 30:
             return {"values": series.to_numpy(dtype=np.float32), "kind": "continuous",

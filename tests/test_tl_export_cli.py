@@ -117,6 +117,11 @@ def test_analyze_clusters_the_chosen_representation(tmp_path):
     mdata = md.read_h5mu(run / "results.h5mu")
     summary = json.loads((run / "analysis" / "summary.json").read_text())
     assert summary["cluster_params"]["cluster_on"] == "concat"
+    from app import data_access
+    view = data_access.get_run(run)
+    assert view.cluster_label == "cluster (concat latent)"
+    assert {"label": "cluster (concat latent)", "value": "obs:scmm_cluster"} in view.colour_options()
+    assert view.colour("obs:scmm_cluster")["label"] == "cluster (concat latent)"
     assert "X_cluster_input" not in mdata.obsm
     side_by_side = cluster_representation(mdata, ["rna", "prot"], "concat")
     assert side_by_side.shape == (mdata.n_obs, 20)

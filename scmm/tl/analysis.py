@@ -28,6 +28,7 @@ from .traversal import traverse
 from .umaps import umap as run_umap
 
 CLUSTER_INPUT = "X_cluster_input"  # obsm key of the clustered representation while clustering
+CLUSTER_PARAMS = "scmm_cluster_params"  # uns: how the clusters were made (the explorer names the latent)
 
 
 def write_results(mdata, run_dir) -> Path:
@@ -112,6 +113,9 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
         labels = cluster(mdata, use_rep=CLUSTER_INPUT, k=k, resolution=resolution, method=method, seed=seed)
     finally:
         del mdata.obsm[CLUSTER_INPUT]
+    params = dict(mdata.uns.get(CLUSTER_PARAMS, {}))
+    params["cluster_on"] = cluster_on
+    mdata.uns[CLUSTER_PARAMS] = params
     lap("cluster")
     if umap:
         report("umap", "UMAP of each latent")
