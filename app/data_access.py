@@ -286,7 +286,7 @@ class RunView:
 
     # ----------------------------------------------------------- colours
     @functools.cached_property
-    def cluster_label(self) -> str:
+    def cluster_column_label(self) -> str:
         """"cluster", or "cluster (<rep> latent)" when ``scmm analyze --cluster-on`` chose another
         representation than the joint latent (read from ``uns``, validated)."""
         params = self.mdata.uns.get("scmm_cluster_params")
@@ -308,7 +308,7 @@ class RunView:
         ``feat:<modality>:<feature>``.  Without a search, the first features of
         each modality are offered; with one, features containing it.
         """
-        opts = [{"label": (self.cluster_label if c == CLUSTER_KEY else c), "value": f"obs:{c}"}
+        opts = [{"label": (self.cluster_column_label if c == CLUSTER_KEY else c), "value": f"obs:{c}"}
                 for c in self.obs_columns()]
         opts += [{"label": f"latent z{d + 1}", "value": f"z:{d}"} for d in range(self.latent_dim)]
         needle = (search or "").strip().lower()
@@ -409,7 +409,7 @@ class RunView:
             return {"values": np.zeros(self.n_cells, np.float32), "kind": "continuous",
                     "label": "none", "categories": None}
         series = self.mdata.obs[col]
-        label = self.cluster_label if col == CLUSTER_KEY else col
+        label = self.cluster_column_label if col == CLUSTER_KEY else col
         if pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.CategoricalDtype) \
                 and series.nunique() > 30:
             return {"values": series.to_numpy(dtype=np.float32), "kind": "continuous",

@@ -119,7 +119,7 @@ def test_analyze_clusters_the_chosen_representation(tmp_path):
     assert summary["cluster_params"]["cluster_on"] == "concat"
     from app import data_access
     view = data_access.get_run(run)
-    assert view.cluster_label == "cluster (concat latent)"
+    assert view.cluster_column_label == "cluster (concat latent)"
     assert {"label": "cluster (concat latent)", "value": "obs:scmm_cluster"} in view.colour_options()
     assert view.colour("obs:scmm_cluster")["label"] == "cluster (concat latent)"
     assert "X_cluster_input" not in mdata.obsm
