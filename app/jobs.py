@@ -2,9 +2,10 @@
 
 The browser names a job only by the id this module issued.  The queue's own
 records live in ``RUNS_DIR/.scmm-jobs/<job id>.json``, written only by the
-server (a run folder, which anyone with the runs folder can write, is never
-trusted for a pid): the job's dataset, options, state, and the worker's pid
-and creation time.  A job can be cancelled only through its record, and
+server (and, with Celery, by the lab's ``scmm-worker`` processes; a run
+folder, which anyone with the runs folder can write, is never trusted for a
+pid): the job's dataset, options, state, and the worker's pid and creation
+time.  A job can be cancelled only through its record, and
 cancelling ends the worker's whole process group (training or analysis
 included).  Records survive the server, so a restarted server re-attaches to
 running jobs and starts the queued ones.
@@ -14,6 +15,10 @@ A job runs ``python -m app.worker job RUN_DIR`` in its own session: it trains
 ``job.json`` and the epochs to ``progress.json`` (see :mod:`scmm.runfolder`).
 Jobs start in submission order while fewer than ``max_running`` run (default:
 one per GPU, one on a CPU-only machine).
+
+This is the embedded queue (no server needed).  With a Redis URL the app uses
+:class:`app.celery_queue.CeleryJobQueue` instead: the same records and methods,
+the jobs run by ``scmm-worker`` processes, possibly on other machines.
 """
 from __future__ import annotations
 
@@ -78,6 +83,9 @@ def new_run_name(dataset_label: str, runs_dir: Path) -> str:
 class JobQueue:
     """The server's training queue over ``runs_dir`` (safe across threads and server processes)."""
 
+    #: the kind of queue, stored in each record it creates
+    kind = "embedded"
+
     def __init__(self, runs_dir: str | Path, max_running: int | None = None):
         self.runs_dir = Path(runs_dir).resolve()
         self.folder = self.runs_dir / QUEUE_DIR
@@ -130,6 +138,10 @@ class JobQueue:
         """``{run name: record}``."""
         return {r["run"]: r for r in self.records()}
 
+    def describe(self) -> str:
+        """Where and how many trainings run, in words (the Train page and the start-up line)."""
+        return f"{self.max_running} training(s) at a time on this server"
+
     def position(self, job_id: str) -> int | None:
         """1-based place of a queued job in the queue (None when it is not queued)."""
         queued = [r["job_id"] for r in self.records() if r["state"] == "queued"]
@@ -161,14 +173,19 @@ class JobQueue:
             record = {"job_id": job_id, "run": run, "dataset": str(dataset), "dataset_label": dataset_label,
                       "options": options, "analyze": analyze, "state": "queued", "submitted": now,
                       "started": None, "finished": None, "pid": None, "pid_created": None,
-                      "cancel_requested": None, "message": "queued", "request_key": key}
+                      "cancel_requested": None, "message": "queued", "request_key": key,
+                      "queue": self.kind}
             settings.write(self.runs_dir / run / runfolder.SETTINGS_FILE)
             runfolder.write_json_atomic(self.runs_dir / run / runfolder.JOB_FILE, {
                 "job_id": job_id, "run": run, "dataset": str(dataset), "options": options,
                 "analyze": analyze, "stage": "queued", "created": now, "message": "queued"})
             self._write(record)
-        self.tick()
+        self._dispatch(record)
         return self.get(job_id) or record
+
+    def _dispatch(self, record: dict) -> None:
+        """Hand a new job to whatever runs it: here, start it now if a slot is free."""
+        self.tick()
 
     # ------------------------------------------------------------ scheduling
     def tick(self) -> None:
@@ -178,8 +195,8 @@ class JobQueue:
         with self._locked():
             records = self.records()
             for record in records:
-                if record["state"] == "running":
-                    self._check_running(record)
+                if record["state"] == "running" and record.get("queue", self.kind) == self.kind:
+                    self._check_running(record)  # a job of a Celery worker is watched by its own queue
             running = sum(r["state"] == "running" for r in records)
             for record in records:
                 if record["state"] == "queued" and running < self.max_running:
@@ -195,7 +212,7 @@ class JobQueue:
             self._finish(record, "failed", f"could not start the job: {err}")
             return
         self._children[record["job_id"]] = proc
-        record.update(state="running", started=time.time(), pid=proc.pid,
+        record.update(state="running", started=time.time(), pid=proc.pid, queue=self.kind,
                       pid_created=processes.process_identity(proc.pid), message="started")
         self._write(record)
 
@@ -218,6 +235,15 @@ class JobQueue:
             return
         # the worker is gone: end whatever is left of its group, then read its last word
         processes.kill_group(record["pid"], signal.SIGKILL)
+        self._conclude(record, self._exit_note(record["job_id"]))
+
+    def _conclude(self, record: dict, note: str = "", where: str = "") -> None:
+        """Settle the record of a job whose worker process has ended, from the run's job.json.
+
+        A job that wrote its own last word (done, failed, cancelled) keeps it;
+        otherwise it failed (or was cancelled, when asked), and job.json says so.
+        ``note`` tells how the process ended, ``where`` on which worker.
+        """
         run_dir = self.runs_dir / record["run"]
         try:
             job = runfolder.read_job(run_dir) or {}
@@ -232,8 +258,8 @@ class JobQueue:
             state, message = "cancelled", "cancelled by the user"
         else:
             state = "failed"
-            message = (f"the job's worker process stopped unexpectedly during {stage or 'start-up'}"
-                       f"{self._exit_note(record['job_id'])}; nothing was saved" +
+            message = (f"the job's worker process{where} stopped unexpectedly during {stage or 'start-up'}"
+                       f"{note}; nothing was saved" +
                        ("" if stage != "analysing" else " beyond the trained model"))
         self._mark_job(run_dir, state, message)
         self._finish(record, state, message)
@@ -272,6 +298,7 @@ class JobQueue:
             if record["state"] == "queued":
                 self._mark_job(run_dir, "cancelled", "cancelled before it started")
                 self._finish(record, "cancelled", "cancelled before it started")
+                self._signal_cancel(record)
                 return f"removed {record['run']} from the queue"
             record["cancel_requested"] = time.time()
             self._write(record)
@@ -279,9 +306,13 @@ class JobQueue:
                 (run_dir / runfolder.CANCEL_FILE).touch()
             except OSError:
                 pass
-            if processes.same_process(record["pid"], record["pid_created"]):
-                processes.kill_group(record["pid"], signal.SIGTERM)
+            self._signal_cancel(record)
         return f"cancelling {record['run']}…"
+
+    def _signal_cancel(self, record: dict) -> None:
+        """After a cancel was recorded: SIGTERM to a running job's process group (a worker of this machine)."""
+        if record["state"] == "running" and processes.same_process(record["pid"], record["pid_created"]):
+            processes.kill_group(record["pid"], signal.SIGTERM)
 
     def wait(self, job_id: str, timeout: float = 600, poll: float = 0.5) -> dict:
         """Block until the job ends (for scripts and tests); returns its record."""
@@ -327,7 +358,8 @@ def progress(run_dir: str | Path, record: dict | None = None) -> dict:
     """The state of the run in ``run_dir`` (a job of this app or a CLI run), never raising.
 
     Returns ``{"run", "status", "epoch", "epochs", "history", "message", "dataset",
-    "options", "has_model", "analysed", "created", "job_id", "position"}``.
+    "options", "has_model", "analysed", "created", "job_id", "position", "worker"}``
+    (``worker``: the name of the Celery worker that took the job, else None).
     ``status``: queued, starting, training, saving, analysing, done, failed, cancelled,
     or ``unreadable`` (a file of the run is malformed; ``message`` says which
     and why).
@@ -337,7 +369,8 @@ def progress(run_dir: str | Path, record: dict | None = None) -> dict:
              "message": "", "dataset": (record or {}).get("dataset_label", ""),
              "options": (record or {}).get("options", {}), "has_model": False, "analysed": False,
              "created": (record or {}).get("submitted") or 0.0,
-             "job_id": (record or {}).get("job_id"), "position": None}
+             "job_id": (record or {}).get("job_id"), "position": None,
+             "worker": (record or {}).get("worker")}
     try:
         job = runfolder.read_job(run_dir)
         prog = runfolder.read_progress(run_dir)

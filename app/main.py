@@ -14,6 +14,11 @@ serves the app with waitress (a production WSGI server, threads in one
 process), a job queue (:mod:`app.jobs`) and bounded child work
 (:mod:`app.processes`); uploads stream through ``POST /upload``
 (:mod:`app.uploads`).
+
+With ``--redis-url`` (or ``SCMM_REDIS_URL``) trainings and background
+callbacks go to Celery workers instead (``scmm-worker``, possibly on another
+machine; :mod:`app.celery_queue`); without it nothing needs a server and
+neither Redis nor Celery is imported.
 """
 from __future__ import annotations
 
@@ -72,7 +77,7 @@ class AppConfig:
     cache_dir: Path
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
     work_slots: int = field(default_factory=default_work_slots)
-    queue: jobs.JobQueue | None = None
+    queue: jobs.JobQueue | None = None    # or app.celery_queue.CeleryJobQueue (same methods)
     genome_fasta: Path | None = None     # for `scmm chromatin` from the Chromatin page (server-side only)
     genes: Path | None = None
 
@@ -147,7 +152,8 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
                cache_dir: str | Path | None = None, write_demo: bool = True,
                max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, work_slots: int | None = None,
                max_jobs: int | None = None, schedule: bool = True,
-               genome_fasta: str | Path | None = None, genes: str | Path | None = None) -> Dash:
+               genome_fasta: str | Path | None = None, genes: str | Path | None = None,
+               redis_url: str | None = None, heartbeat_timeout: float | None = None) -> Dash:
     """Build the Dash app over ``data_dir`` (datasets) and ``runs_dir`` (run folders).
 
     ``cache_dir`` holds the background-callback cache and dataset summaries
@@ -158,14 +164,26 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
     a CPU-only machine); with ``schedule`` a thread starts queued jobs.
     ``genome_fasta`` (and ``genes``, a GTF) let the Chromatin page compute the
     chromatin analyses of a run (``scmm chromatin``); the browser never names a path.
+
+    With ``redis_url`` jobs go to Celery workers (:class:`app.celery_queue.CeleryJobQueue`;
+    ``max_jobs`` is then each worker's ``--concurrency``) and background callbacks
+    to Dash's ``CeleryManager`` on the same Celery app; a running job whose
+    worker has sent no heartbeat for ``heartbeat_timeout`` seconds is failed.
+    Raises :class:`app.celery_queue.QueueUnavailable` when Redis does not answer.
     """
     data_dir, runs_dir = Path(data_dir).resolve(), Path(runs_dir).resolve()
     cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="scmm-app-")).resolve()
     for folder in (data_dir, runs_dir, cache_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    if redis_url:
+        from app import celery_queue  # imports Celery only when a Redis URL is configured
+        celery_queue.check_redis(redis_url)
+        queue = celery_queue.CeleryJobQueue(runs_dir, redis_url, heartbeat_timeout=heartbeat_timeout)
+    else:
+        queue = jobs.JobQueue(runs_dir, max_running=max_jobs)
     cfg = AppConfig(data_dir, runs_dir, cache_dir, max_upload_mb=int(max_upload_mb),
                     work_slots=work_slots or default_work_slots(),
-                    queue=jobs.JobQueue(runs_dir, max_running=max_jobs),
+                    queue=queue,
                     genome_fasta=_existing_file(genome_fasta, "--genome-fasta"),
                     genes=_existing_file(genes, "--genes"))
     if write_demo:
@@ -174,7 +192,11 @@ def create_app(data_dir: str | Path = "data", runs_dir: str | Path = "runs",
                          kwargs={"slots": cfg.work_slots}, daemon=True).start()
     if schedule:
         threading.Thread(target=cfg.queue.run_forever, name="scmm-job-queue", daemon=True).start()
-    manager = DiskcacheManager(diskcache.Cache(str(cfg.cache_dir / "background")))
+    if redis_url:
+        from dash import CeleryManager
+        manager = CeleryManager(queue.celery)
+    else:
+        manager = DiskcacheManager(diskcache.Cache(str(cfg.cache_dir / "background")))
     app = Dash(__name__, title="scMM Explorer", assets_folder=str(ASSETS), use_pages=False,
                serve_locally=True, background_callback_manager=manager,
                suppress_callback_exceptions=True, update_title=None)
@@ -279,7 +301,7 @@ def _register_shell(app: Dash, cfg: AppConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``scmm-app [--host H] [--port N] [--data-dir DIR] [--runs-dir DIR] [limits] [--debug]``."""
+    """``scmm-app [--host H] [--port N] [--data-dir DIR] [--runs-dir DIR] [limits] [--redis-url URL] [--debug]``."""
     parser = argparse.ArgumentParser(prog="scmm-app", description="scMM Explorer (Dash)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
@@ -296,21 +318,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--genome-fasta", default=None,
                         help="genome FASTA for the chromatin analyses of RNA + ATAC runs (Chromatin page)")
     parser.add_argument("--genes", default=None, help="GTF for the nearest gene of every peak and gene models")
+    parser.add_argument("--redis-url", default=os.environ.get("SCMM_REDIS_URL") or None,
+                        help="run trainings and background work on Celery workers (scmm-worker) through "
+                        "this Redis, e.g. redis://localhost:6379/0 (default: $SCMM_REDIS_URL; without it, "
+                        "on this machine)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=None,
+                        help="with --redis-url: fail a running job whose worker has sent no heartbeat for "
+                        "this many seconds (default 120)")
     parser.add_argument("--debug", action="store_true", help="Werkzeug's development server with Dash dev tools")
     args = parser.parse_args(argv)
     for name in ("max_upload_mb", "work_slots", "max_jobs", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.heartbeat_timeout is not None and not args.heartbeat_timeout > 0:
+        parser.error(f"--heartbeat-timeout must be positive, got {args.heartbeat_timeout}")
+    if args.redis_url and args.max_jobs is not None:
+        parser.error("--max-jobs is for the embedded queue; with --redis-url each scmm-worker's "
+                     "--concurrency sets how many trainings it runs at a time")
+    if args.redis_url:
+        from app import celery_queue
+        try:
+            celery_queue.check_redis(args.redis_url)
+        except celery_queue.QueueUnavailable as err:
+            print(f"scmm-app: --redis-url: {err} (start Redis there, or leave --redis-url out to run the "
+                  "jobs on this machine)", file=sys.stderr, flush=True)
+            return 2
     try:
         app = create_app(args.data_dir, args.runs_dir, args.cache_dir, max_upload_mb=args.max_upload_mb,
                          work_slots=args.work_slots, max_jobs=args.max_jobs,
-                         genome_fasta=args.genome_fasta, genes=args.genes)
+                         genome_fasta=args.genome_fasta, genes=args.genes,
+                         redis_url=args.redis_url, heartbeat_timeout=args.heartbeat_timeout)
     except FileNotFoundError as err:
         parser.error(str(err))
     cfg = app.scmm_config
     print(f"scMM Explorer on http://{args.host}:{args.port}  (data: {cfg.data_dir}, runs: {cfg.runs_dir}; "
-          f"{cfg.queue.max_running} training(s) at a time, {cfg.work_slots} work slot(s), "
+          f"{cfg.queue.describe()}, {cfg.work_slots} work slot(s), "
           f"uploads up to {cfg.max_upload_mb:,} MB)", flush=True)
     if args.debug:
         app.run(host=args.host, port=args.port, debug=True, dev_tools_disable_version_check=True)

@@ -53,6 +53,9 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+_watching: tuple | None = None   # (this pid, its parent) once exit_with_parent watches
+
+
 def exit_with_parent(poll: float = 0.5) -> None:
     """End this (forked) process as soon as its parent process is gone.
 
@@ -61,7 +64,11 @@ def exit_with_parent(poll: float = 0.5) -> None:
     request thread may end long before the callback, so a watchdog thread
     checks the parent process instead.  Call it first thing in the callback.
     """
+    global _watching
     parent = os.getppid()
+    if _watching == (os.getpid(), parent):  # one watchdog per process (a Celery pool process runs many callbacks)
+        return
+    _watching = (os.getpid(), parent)
 
     def watch():
         while os.getppid() == parent:

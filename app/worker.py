@@ -6,7 +6,8 @@ here, in a separate process:
 
 ``job RUN_DIR``         train (``python -m scmm train``), then analyse
                         (``analyze RUN_DIR``); the stage is written to job.json.
-                        Started by :class:`app.jobs.JobQueue` in its own
+                        Started by :class:`app.jobs.JobQueue` (or a Celery
+                        worker, :mod:`app.celery_queue`) in its own
                         process group; SIGTERM (a cancel) ends the stage and
                         records "cancelled"; each stage dies with the worker.
 ``analyze RUN_DIR``     ``scmm.tl.analyze`` with its step messages in job.json
@@ -156,7 +157,8 @@ def cmd_job(args) -> int:
             _update_job(run_dir, stage="done", analysis_error=_tail(run_dir / runfolder.LOG_FILE),
                         message="trained; the analysis failed (see job.log)", finished=time.time())
             return 0
-    _update_job(run_dir, stage="done", message="trained and analysed", finished=time.time())
+    _update_job(run_dir, stage="done", message="trained and analysed" if spec.get("analyze", True) else "trained",
+                finished=time.time())
     return 0
 
 

@@ -234,3 +234,14 @@ def test_the_traversal_point_is_placed_among_its_nearest_cells(view):
     assert np.allclose((x, y), xy.mean(axis=0), atol=1e-5)
     fig = traversal.traversal_umap(view, trav, 2, 15)
     assert len(fig.data) == 2 and fig.data[1].marker.symbol == "star" and "z3" in fig.layout.title.text
+
+
+def test_a_subsampled_selection_ranking_says_so():
+    import pandas as pd
+    from app.pages.embeddings import sampled_note
+    table = pd.DataFrame({"feature": ["a"]})
+    table.attrs.update(cells_tested={"selection": 20000, "rest": 20000}, subsampled=True)
+    text = str(sampled_note(table, 50000, 1000000).children)
+    assert "20,000 of the 50,000 selected" in text and "20,000 of the other 950,000" in text
+    table.attrs["subsampled"] = False
+    assert sampled_note(table, 50, 1000) is None

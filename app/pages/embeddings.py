@@ -328,7 +328,8 @@ def register(app, cfg) -> None:
             return dbc.Alert(f"Ranking failed: {err}", color="danger")
         if table is None:
             return dbc.Alert("Need at least 2 selected and 2 other cells.", color="warning")
-        return components.table(table.head(TOP_N), id="sel-features")
+        return html.Div([sampled_note(table, len(cells), view.n_cells),
+                         components.table(table.head(TOP_N), id="sel-features")])
 
     @app.callback(Output({"role": "csv-download", "t": "selection-cells"}, "data"),
                   Input({"role": "csv", "t": "selection-cells"}, "n_clicks"),
@@ -377,6 +378,17 @@ def cell_indices(view, cells) -> np.ndarray:
     if idx.size and (idx.min() < 0 or idx.max() >= view.n_cells):
         raise ValueError(f"cell indices must lie in [0, {view.n_cells - 1}]")
     return idx
+
+
+def sampled_note(table: pd.DataFrame, n_selected: int, n_cells: int):
+    """Words for a ranking that tested random subsets of the cells (``attrs`` of rank_features), or None."""
+    tested = table.attrs.get("cells_tested", {})
+    if not table.attrs.get("subsampled"):
+        return None
+    return dbc.Alert(f"Ranked on random subsets: {tested.get('selection', 0):,} of the {n_selected:,} selected "
+                     f"cells against {tested.get('rest', 0):,} of the other {n_cells - n_selected:,} "
+                     "(scmm.tl.rank_features caps each side; seeded, so the same selection gives the same table).",
+                     color="info", className="small py-1")
 
 
 def rank_table(view, cells, modality: str) -> pd.DataFrame | None:

@@ -1,7 +1,10 @@
 """Page 2, Train: options, submit a job to the queue, live progress and loss curve, cancel, runs list.
 
 Training runs in a detached child process started by the server's job queue
-(:class:`app.jobs.JobQueue`).  The browser holds only the job id the server
+(:class:`app.jobs.JobQueue`), or by a Celery worker of the lab when the app
+has a Redis URL (:class:`app.celery_queue.CeleryJobQueue`, same methods: this
+page does not know which); a running job then shows its worker's name.  The
+browser holds only the job id the server
 issued (``train-active``); an interval polls the job's state (queue place,
 epoch, losses), so closing the browser does not stop the job and a reopened
 page follows it again.  Form values are checked on the server with the
@@ -141,7 +144,7 @@ def layout(cfg, run_id, query) -> html.Div:
         html.P(["Training runs in a separate process: closing the browser does not stop it, and this "
                 "page follows it again when reopened. Runs trained with ", html.Code("scmm train"),
                 " into ", html.Code(str(cfg.runs_dir)), " appear below too. Jobs wait in a queue: ",
-                f"{cfg.queue.max_running} training(s) run at a time on this server."], className="text-muted"),
+                f"{cfg.queue.describe()}."], className="text-muted", id="train-queue-note"),
         dbc.Row([
             dbc.Col(form, md=4),
             dbc.Col([monitor, components.figure_card("loss", figures.loss_curve([]), "Loss curve")], md=8),
@@ -152,9 +155,11 @@ def layout(cfg, run_id, query) -> html.Div:
 
 
 def status_text(run: dict) -> str:
-    """A run's status in words, with its place in the queue."""
+    """A run's status in words, with its place in the queue, or the worker that runs it."""
     if run["status"] == "queued" and run.get("position"):
         return f"queued (#{run['position']})"
+    if run.get("worker") and run["status"] not in (*jobs.TERMINAL, "queued", "unreadable"):
+        return f"{run['status']} on {run['worker']}"
     return run["status"]
 
 

@@ -6,6 +6,26 @@ cells' library sizes in m), z-scored across clusters.  It is computed for the
 observed counts ("original"), for the reconstruction from m itself, and for
 the generation from every other modality (cross-modal); a similarity table
 gives the Pearson r between the original z-scores and each generated table.
+
+Approximations at atlas scale (100k-1M cells), each with its switch (``None``
+gives the exact, all-cells computation):
+
+- :func:`markers`: the one-vs-rest Wilcoxon test runs on a seeded random
+  subset of at most ``max_cells_per_group`` (:data:`MARKER_CELLS_PER_GROUP`)
+  cells of each group; the "rest" of a group is then the other groups' subsets,
+  so large groups weigh less in it than in the full data.  Scores and p-values
+  come from fewer cells (smaller |score|, larger p); the ranking within a
+  group is what is kept.  Groups under the cap keep all their cells.
+- :func:`rank_features`: the selection and the other cells are each capped at
+  ``max_cells`` (:data:`RANK_CELLS`) random cells.
+- :func:`heatmap_tables`: the generated (decoded) profiles use at most
+  ``max_cells_per_group`` (:data:`PROFILE_CELLS_PER_GROUP`) random cells of
+  each cluster, the ratio total counts / total depth being estimated on them;
+  the original profile always uses every cell (a sparse product, cheap).
+
+Only the chosen cells are log-normalised, encoded and decoded.  What was done
+is recorded: ``attrs["cells_tested"]`` / ``attrs["subsampled"]`` of the
+Wilcoxon tables, column ``cells_decoded`` of the similarity table.
 """
 from __future__ import annotations
 
@@ -21,6 +41,45 @@ from ..runfolder import CLUSTER_KEY, LIBRARY_KEY
 from .metrics import pearson
 
 
+MARKER_CELLS_PER_GROUP = 2_000
+"""Default cap on the cells of each group in the :func:`markers` Wilcoxon test."""
+RANK_CELLS = 20_000
+"""Default cap on the selected cells, and on the other cells, in :func:`rank_features`."""
+PROFILE_CELLS_PER_GROUP = 2_000
+"""Default cap on the cells of each cluster decoded for the generated profiles."""
+
+
+def subsample(labels: np.ndarray, cap: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted positions of at most ``cap`` seeded random cells of each group of ``labels``.
+
+    None (keep every cell) when ``cap`` is None or no group is larger than it.
+    """
+    if cap is None:
+        return None
+    if int(cap) < 1:
+        raise ValueError(f"the cap on cells must be at least 1 or None, not {cap!r}")
+    _, codes, sizes = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    if sizes.max() <= cap:
+        return None
+    rng = np.random.default_rng(seed)
+    members = np.split(np.argsort(codes, kind="stable"), np.cumsum(sizes)[:-1])
+    keep = [m if len(m) <= cap else rng.choice(m, int(cap), replace=False) for m in members]
+    return np.sort(np.concatenate(keep))
+
+
+def _at(cells, idx: np.ndarray | None):
+    """The rows ``idx`` of an AnnData (a view) or array; all of them when ``idx`` is None."""
+    return cells if idx is None else cells[idx]
+
+
+def _record(table: pd.DataFrame, labels: np.ndarray, idx: np.ndarray | None) -> pd.DataFrame:
+    """Store the cells tested per group and whether they were subsampled in ``table.attrs``."""
+    groups, sizes = np.unique(labels, return_counts=True)
+    table.attrs["cells_tested"] = {str(g): int(n) for g, n in zip(groups, sizes)}
+    table.attrs["subsampled"] = idx is not None
+    return table
+
+
 def lognorm(adata: ad.AnnData, target_sum: float = 1e4) -> ad.AnnData:
     """A copy of ``adata`` with X = log1p(counts / library x ``target_sum``) (CSR float32)."""
     X = normalise.lognorm(sp.csr_matrix(adata.X), target_sum=target_sum)
@@ -28,9 +87,9 @@ def lognorm(adata: ad.AnnData, target_sum: float = 1e4) -> ad.AnnData:
                       var=pd.DataFrame(index=[str(v) for v in adata.var_names]))
 
 
-def _rank(adata: ad.AnnData, labels: pd.Series, groups, reference: str) -> pd.DataFrame:
+def _rank(adata: ad.AnnData, labels: np.ndarray, groups, reference: str) -> pd.DataFrame:
     import scanpy as sc
-    adata.obs["_group"] = pd.Categorical(labels.astype(str).to_numpy())
+    adata.obs["_group"] = pd.Categorical(np.asarray(labels).astype(str))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.tl.rank_genes_groups(adata, "_group", groups=groups, reference=reference,
@@ -43,26 +102,34 @@ def _rank(adata: ad.AnnData, labels: pd.Series, groups, reference: str) -> pd.Da
                                  "pvals_adj": "pvalue_adj"})
 
 
-def markers(mdata, modality: str, groupby: str = CLUSTER_KEY, n: int | None = 5) -> pd.DataFrame:
+def markers(mdata, modality: str, groupby: str = CLUSTER_KEY, n: int | None = 5,
+            max_cells_per_group: int | None = MARKER_CELLS_PER_GROUP, seed: int = 0) -> pd.DataFrame:
     """Top marker features of each group (cluster) in ``modality``: one-vs-rest Wilcoxon.
 
     On log-normalised counts (log1p(counts / library x 1e4)).  Columns: ``group,
     feature, score, log2_fc, pvalue, pvalue_adj``; ``n`` per group (None: all),
-    best first.
+    best first.  At most ``max_cells_per_group`` seeded random cells (``seed``)
+    of each group are tested (None: all; see the module's approximations).
+    ``attrs["cells_tested"]``: ``{group: cells tested}``; ``attrs["subsampled"]``:
+    whether any group was subsampled.
     """
     if groupby not in mdata.obs:
         raise KeyError(f"obs[{groupby!r}] not found: cluster first (scmm.tl.cluster)")
     labels = mdata.obs[groupby].astype(str)
     if labels.nunique() < 2:
         raise ValueError(f"obs[{groupby!r}] has a single group; markers need at least two")
-    adata = lognorm(mdata.mod[modality])
-    table = _rank(adata, labels.reindex(adata.obs_names), "all", "rest")
+    adata = mdata.mod[modality]
+    labels = labels.reindex(adata.obs_names).to_numpy().astype(str)
+    idx = subsample(labels, max_cells_per_group, seed)
+    labels = _at(labels, idx)
+    table = _rank(lognorm(_at(adata, idx)), labels, "all", "rest")
     table = table.sort_values(["group", "score"], ascending=[True, False], kind="stable")
     if n is not None:
         table = table.groupby("group", sort=False, observed=True).head(int(n))
     order = _group_order(table["group"].unique())
     table["group"] = pd.Categorical(table["group"], categories=order)
-    return table.sort_values(["group", "score"], ascending=[True, False]).reset_index(drop=True)
+    table = table.sort_values(["group", "score"], ascending=[True, False]).reset_index(drop=True)
+    return _record(table, labels, idx)
 
 
 def marker_features(table: pd.DataFrame, n: int) -> list[str]:
@@ -76,25 +143,33 @@ def _group_order(groups) -> list[str]:
     return sorted(groups, key=lambda g: (0, int(g)) if g.isdigit() else (1, g))
 
 
-def rank_features(mdata, modality: str, cells_mask, n: int | None = None) -> pd.DataFrame:
+def rank_features(mdata, modality: str, cells_mask, n: int | None = None,
+                  max_cells: int | None = RANK_CELLS, seed: int = 0) -> pd.DataFrame:
     """Features of ``modality`` ranked for a selection of cells against all other cells.
 
     ``cells_mask``: boolean array over cells, or a list of cell names (e.g. a
     lasso selection).  Wilcoxon rank-sum (scanpy) on log-normalised counts;
     columns ``feature, score, log2_fc, pvalue, pvalue_adj``, most enriched first.
+    The selection and the other cells are each capped at ``max_cells`` seeded
+    random cells (``seed``; None: all); ``attrs["cells_tested"]`` (``{"selection":
+    n, "rest": n}``) and ``attrs["subsampled"]`` say what was tested.
     """
-    adata = lognorm(mdata.mod[modality])
+    adata = mdata.mod[modality]
     mask = np.asarray(cells_mask)
     if mask.dtype != bool:
-        mask = adata.obs_names.isin([str(c) for c in mask])
+        mask = adata.obs_names.astype(str).isin([str(c) for c in mask])
     if mask.shape != (adata.n_obs,):
         raise ValueError(f"cells_mask has {mask.shape[0]} entries for {adata.n_obs} cells")
     if mask.sum() < 2 or (~mask).sum() < 2:
         raise ValueError("need at least 2 selected and 2 unselected cells to rank features")
-    labels = pd.Series(np.where(mask, "selection", "rest"), index=adata.obs_names)
-    table = _rank(adata, labels, ["selection"], "rest").drop(columns="group", errors="ignore")
+    labels = np.where(mask, "selection", "rest")
+    idx = subsample(labels, max_cells, seed)
+    labels = _at(labels, idx)
+    table = _rank(lognorm(_at(adata, idx)), labels, ["selection"], "rest")
+    table = table.drop(columns="group", errors="ignore")
     table = table.sort_values("score", ascending=False).reset_index(drop=True)
-    return table.head(int(n)) if n is not None else table
+    table = table.head(int(n)) if n is not None else table
+    return _record(table, labels, idx)
 
 
 def zscore(table: pd.DataFrame) -> pd.DataFrame:
@@ -123,10 +198,9 @@ def cluster_profile(counts, library: np.ndarray, labels: np.ndarray, groups: lis
     return pd.DataFrame(values, index=pd.Index(groups, name="cluster"), columns=features)
 
 
-def _generated_profile(model, target, source, mdata, feature_idx, library, labels, groups,
-                       features, batch_size=4096):
-    """Cluster profile of ``target`` generated from ``source`` (NB/ZINB means), decoded in chunks."""
-    z = model.encode(source, mdata)
+def _generated_profile(model, target, z, feature_idx, library, labels, groups, features,
+                       batch_size=4096):
+    """Cluster profile of ``target`` decoded (NB/ZINB means) from the cells' latents ``z``, in chunks."""
     G = _indicator(labels, groups)
     totals = np.zeros((len(groups), len(feature_idx)))
     for start in range(0, len(z), batch_size):
@@ -140,7 +214,9 @@ def _generated_profile(model, target, source, mdata, feature_idx, library, label
 
 def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict | None = None,
                    n_markers: int = 5, modalities: list[str] | None = None,
-                   zscored: bool = True) -> dict[str, pd.DataFrame]:
+                   zscored: bool = True,
+                   max_cells_per_group: int | None = PROFILE_CELLS_PER_GROUP,
+                   seed: int = 0) -> dict[str, pd.DataFrame]:
     """The paper's cluster x feature tables for original, reconstructed and generated counts.
 
     Parameters
@@ -157,12 +233,18 @@ def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict
     zscored
         z-score each feature across clusters (as the paper); False keeps the
         ratio total counts / total depth.
+    max_cells_per_group
+        The generated profiles decode at most this many seeded random cells
+        (``seed``) of each cluster, the ratio being estimated on them (None:
+        every cell); the original profile and the default markers (capped by
+        :data:`MARKER_CELLS_PER_GROUP`) are not affected by it.
 
     Returns a dict: ``"<target>|original"``, ``"<target>|from_<source>"`` for
     every source modality (source == target is the reconstruction), each a
     clusters x features DataFrame, and ``"similarity"``: one row per generated
     table with ``target, source, kind`` ("reconstruction" / "cross-modal") and
-    ``pearson_r`` between its z-scores and the original's.
+    ``pearson_r`` between its z-scores and the original's, ``n_features``,
+    ``n_clusters`` and ``cells_decoded`` (cells encoded and decoded for it).
     """
     mdata = mdata if mdata is not None else model.mdata
     if mdata is None:
@@ -174,13 +256,17 @@ def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict
     if len(groups) < 2:
         raise ValueError("need at least two clusters for cluster x feature tables")
     targets = list(modalities) if modalities is not None else list(model.names)
+    cells = subsample(labels, max_cells_per_group, seed)
+    latents = {s: model.encode(s, _at(mdata.mod[s], cells)) for s in model.names}
+    n_decoded = len(labels) if cells is None else len(cells)
     out, similarity = {}, []
     for target in targets:
         adata = mdata.mod[target]
         if features and target in features:
             feats = [str(f) for f in features[target]]
         else:
-            feats = marker_features(markers(mdata, target, groupby=groupby, n=n_markers), n_markers)
+            table = markers(mdata, target, groupby=groupby, n=n_markers, seed=seed)
+            feats = marker_features(table, n_markers)
         name_index = {str(v): i for i, v in enumerate(model.feature_names[target])}
         missing = [f for f in feats if f not in name_index]
         if missing:
@@ -196,9 +282,9 @@ def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict
                                    groups, feats)
         tables = {"original": original}
         for source in model.names:
-            tables[f"from_{source}"] = _generated_profile(model, target, source, mdata, idx,
-                                                          library.astype(np.float32), labels,
-                                                          groups, feats)
+            tables[f"from_{source}"] = _generated_profile(
+                model, target, latents[source], idx, _at(library.astype(np.float32), cells),
+                _at(labels, cells), groups, feats)
         zs = {k: zscore(v) for k, v in tables.items()}
         for key, value in (zs if zscored else tables).items():
             out[f"{target}|{key}"] = value
@@ -207,6 +293,7 @@ def heatmap_tables(model, mdata=None, groupby: str = CLUSTER_KEY, features: dict
             r = pearson(a, b)
             similarity.append({"target": target, "source": source,
                                "kind": "reconstruction" if source == target else "cross-modal",
-                               "pearson_r": r, "n_features": len(feats), "n_clusters": len(groups)})
+                               "pearson_r": r, "n_features": len(feats), "n_clusters": len(groups),
+                               "cells_decoded": n_decoded})
     out["similarity"] = pd.DataFrame(similarity)
     return out
