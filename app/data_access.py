@@ -208,6 +208,22 @@ def results_mtime(run_dir: Path) -> float:
         return 0.0
 
 
+def _uns_value(mapping, key):
+    """``mapping[key]`` unwrapped from a one-element array (h5 round trips), else the value or None."""
+    value = mapping.get(key)
+    return value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
+
+
+def _uns_int(mapping, key) -> int | None:
+    value = _uns_value(mapping, key)
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
+
+
+def _uns_str(mapping, key) -> str | None:
+    value = _uns_value(mapping, key)
+    return value if isinstance(value, str) else None
+
+
 class RunView:
     """A trained run's results held in memory for the pages (read-only).
 
@@ -290,11 +306,25 @@ class RunView:
         """"cluster", or "cluster (<rep> latent)" when ``scmm analyze --cluster-on`` chose another
         representation than the joint latent (read from ``uns``, validated)."""
         params = self.mdata.uns.get("scmm_cluster_params")
-        on = params.get("cluster_on") if hasattr(params, "get") else None
-        on = on.item() if isinstance(on, np.ndarray) and on.size == 1 else on
-        if isinstance(on, str) and on != "joint" and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", on):
+        on = _uns_str(params, "cluster_on") if hasattr(params, "get") else None
+        if on and on != "joint" and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", on):
             return f"cluster ({on} latent)"
         return "cluster"
+
+    def approximation_notes(self) -> list[str]:
+        """Sentences naming the atlas-scale approximations ``scmm analyze`` used (read from ``uns``,
+        validated; nothing when the UMAPs were fitted on all cells and the neighbours were exact)."""
+        notes = []
+        umap = self.mdata.uns.get("scmm_umap_params")
+        fit, n = (_uns_int(umap, "fit_cells"), _uns_int(umap, "n_cells")) if hasattr(umap, "get") else (None, None)
+        if fit is not None and n == self.n_cells and 0 < fit < n:
+            notes.append(f"The UMAPs were fitted on a random {fit:,} of the {n:,} cells; the other cells are "
+                         "placed at the weighted mean of their nearest fitted cells (not optimised among "
+                         "themselves).")
+        params = self.mdata.uns.get("scmm_cluster_params")
+        if hasattr(params, "get") and _uns_str(params, "neighbors") == "approximate":
+            notes.append("The clusters were computed on approximate nearest neighbours (pynndescent).")
+        return notes
 
     def obs_columns(self) -> list[str]:
         """obs columns offered as colours (cluster first)."""

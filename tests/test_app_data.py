@@ -245,3 +245,22 @@ def test_a_subsampled_selection_ranking_says_so():
     assert "20,000 of the 50,000 selected" in text and "20,000 of the other 950,000" in text
     table.attrs["subsampled"] = False
     assert sampled_note(table, 50, 1000) is None
+
+
+def test_the_embeddings_page_names_the_atlas_scale_approximations(tmp_path):
+    import mudata as md
+    from app.main import create_app
+    run_dir = synthetic.make_run(tmp_path / "runs" / "big", n_cells=300, n_genes=40)
+    app = create_app(tmp_path / "data", run_dir.parent, tmp_path / "cache", write_demo=False, schedule=False)
+    assert "fitted on a random" not in str(embeddings.layout(app.scmm_config, "big", {}))
+    mdata = md.read_h5mu(run_dir / "results.h5mu")
+    mdata.uns["scmm_umap_params"] = {"n_cells": 300, "fit_cells": 120, "seed": 0}
+    mdata.uns["scmm_cluster_params"] = {"neighbors": "approximate", "k": 20}
+    mdata.write(run_dir / "results.h5mu")
+    page = str(embeddings.layout(app.scmm_config, "big", {}))
+    assert "fitted on a random 120 of the 300 cells" in page
+    assert "approximate nearest neighbours" in page
+    mdata.uns["scmm_umap_params"] = {"n_cells": 999, "fit_cells": "all"}  # stale or malformed: no claim
+    mdata.uns["scmm_cluster_params"] = {"neighbors": "exact"}
+    mdata.write(run_dir / "results.h5mu")
+    assert data_access.get_run(run_dir).approximation_notes() == []

@@ -135,3 +135,22 @@ def test_analyze_clusters_the_chosen_representation(tmp_path):
     with pytest.raises(ValueError, match="'joint', 'concat' or a modality"):
         cluster_representation(mdata, ["rna", "prot"], "atac")
     assert scmm.cli.main(["analyze", str(run), "--cluster-on", "atac", "--no-umap", "--quiet"]) == 2
+
+
+def test_analyze_switches_the_atlas_scale_approximations_and_the_explorer_says_so(tmp_path):
+    import shutil
+
+    from _tl_data import saved_run
+    run = tmp_path / "run"
+    shutil.copytree(saved_run(), run)
+    with pytest.raises(SystemExit):
+        scmm.cli.main(["analyze", str(run), "--umap-fit-cells", "3"])
+    assert scmm.cli.main(["analyze", str(run), "--neighbors", "approximate", "--umap-fit-cells", "100",
+                          "--quiet"]) == 0
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    n = summary["n_cells"]
+    assert summary["cluster_params"]["neighbors"] == "approximate"
+    assert summary["umap_params"]["fit_cells"] == 100 and summary["umap_params"]["n_cells"] == n
+    from app import data_access
+    notes = " ".join(data_access.get_run(run).approximation_notes())
+    assert f"fitted on a random 100 of the {n:,} cells" in notes and "approximate nearest" in notes

@@ -4,7 +4,7 @@ import pytest
 
 from scmm.tl import (batch_mixing_entropy, clr, clr_sse, pearson_per_cell, pearson_per_feature,
                      query_metrics)
-from scmm.tl.metrics import knn_baseline
+from scmm.tl.metrics import knn_baseline, neighbourhood_preservation
 from _tl_data import trained_model
 
 
@@ -42,6 +42,31 @@ def test_batch_mixing_entropy_bounds_and_seed():
     assert np.all(batch_mixing_entropy(separated, batches, n_repeats=5) == 0)
     np.testing.assert_array_equal(ent, batch_mixing_entropy(mixed, batches, n_repeats=10))
     assert not np.array_equal(ent, batch_mixing_entropy(mixed, batches, n_repeats=10, seed=1))
+
+
+def test_neighbourhood_preservation_identical_and_random():
+    rng = np.random.default_rng(0)
+    high = rng.normal(size=(2000, 5))
+    assert neighbourhood_preservation(high, high) == 1.0
+    flat = rng.normal(size=(500, 2))
+    assert neighbourhood_preservation(flat, 3 * flat[:, ::-1] + 1, k=10) == 1.0  # distances rescaled only
+    score = neighbourhood_preservation(high, rng.normal(size=(2000, 2)), k=15, n_cells=2000)
+    assert score == pytest.approx(15 / 1999, abs=0.003)
+
+
+def test_neighbourhood_preservation_by_hand():
+    high = np.array([[0.0], [1.0], [3.0], [7.0], [15.0]])
+    low = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [4.0, 0.0], [20.0, 0.0]])
+    # k=1: nearest in high b a b c d, in low b a d b c -> 2 of 5 kept
+    assert neighbourhood_preservation(high, low, k=1) == pytest.approx(2 / 5)
+    # k=2: {bc}{ac}{ab}{bc}{cd} vs {bd}{ad}{bd}{ab}{cd} -> 1+1+1+1+2 of 10
+    assert neighbourhood_preservation(high, low, k=2) == pytest.approx(6 / 10)
+    one = neighbourhood_preservation(high, low, k=1, n_cells=2, seed=3)
+    assert one in (0.0, 0.5, 1.0) and one == neighbourhood_preservation(high, low, k=1, n_cells=2, seed=3)
+    with pytest.raises(ValueError, match="k must be"):
+        neighbourhood_preservation(high, low, k=5)
+    with pytest.raises(ValueError, match="cells"):
+        neighbourhood_preservation(high, low[:4])
 
 
 def test_knn_baseline_copies_neighbours():

@@ -61,6 +61,7 @@ def layout(cfg, run_id, query) -> html.Div:
     note = [] if view.analysed else [dbc.Alert(
         "This run is not analysed yet (no UMAPs or clusters): showing latent dimensions 1 and 2. "
         "Run `scmm analyze RUN` or train from this app.", color="warning", className="py-2")]
+    note += [dbc.Alert(text, color="info", className="py-1 small") for text in view.approximation_notes()]
     problem = view.colour_problem(colour)
     if problem:
         note.append(not_shown(f"colour {colour}", problem, f"coloured by {view.colour(default)['label']}"))

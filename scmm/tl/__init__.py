@@ -30,7 +30,7 @@ _HOME = {
     "export_metrics": "export", "gene_activity": "activity",
     "heatmap_tables": "heatmap", "markers": "heatmap", "rank_features": "heatmap",
     "batch_mixing_entropy": "metrics", "clr": "metrics", "clr_sse": "metrics",
-    "pearson_per_cell": "metrics", "pearson_per_feature": "metrics", "query_metrics": "metrics",
+    "neighbourhood_preservation": "metrics", "pearson_per_cell": "metrics", "pearson_per_feature": "metrics", "query_metrics": "metrics",
     "DEFAULT_PVALUES": "traversal", "Traversal": "traversal", "spearman_rows": "traversal",
     "traverse": "traversal", "dimension_overview": "traversal",
     "GenomeError": "sequences", "gc_content": "sequences", "peak_sequences": "sequences",

@@ -25,7 +25,7 @@ from ..runfolder import (ANALYSIS_DIR, latent_key, CONFIG_FILE, RESULTS_FILE, SU
 from .clustering import cluster
 from .heatmap import heatmap_tables, marker_features, markers
 from .traversal import traverse
-from .umaps import umap as run_umap
+from .umaps import PARAMS_KEY as UMAP_PARAMS, umap as run_umap
 
 CLUSTER_INPUT = "X_cluster_input"  # obsm key of the clustered representation while clustering
 CLUSTER_PARAMS = "scmm_cluster_params"  # uns: how the clusters were made (the explorer names the latent)
@@ -73,11 +73,14 @@ def cluster_representation(mdata, names: list[str], cluster_on: str) -> np.ndarr
 
 def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str = "leiden",
             seed: int = 0, n_markers: int = 5, umap: bool = True, progress=None,
-            device: str | None = None, cluster_on: str = "joint") -> dict:
+            device: str | None = None, cluster_on: str = "joint", neighbors: str = "auto",
+            umap_fit_cells="auto") -> dict:
     """Cluster, embed, traverse and tabulate a saved run; save everything into ``run_dir``.
 
     ``cluster_on``: the representation clustered (:func:`cluster_representation`;
-    default the joint latent, as the paper).  ``progress(step, message)`` is
+    default the joint latent, as the paper).  ``neighbors`` (clustering's kNN search) and
+    ``umap_fit_cells`` (the UMAPs' ``fit_cells``) switch the atlas-scale approximations
+    (:func:`scmm.tl.cluster`, :func:`scmm.tl.umap`); what was used is in the summary.  ``progress(step, message)`` is
     called before each step (for the app's job status).  Returns a summary dict
     (cluster sizes, similarity of the heatmap tables, seconds per step, files
     written).
@@ -110,7 +113,8 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     report("cluster", f"clustering the {cluster_on} latent")
     mdata.obsm[CLUSTER_INPUT] = represented
     try:
-        labels = cluster(mdata, use_rep=CLUSTER_INPUT, k=k, resolution=resolution, method=method, seed=seed)
+        labels = cluster(mdata, use_rep=CLUSTER_INPUT, k=k, resolution=resolution, method=method, seed=seed,
+                         neighbors=neighbors)
     finally:
         del mdata.obsm[CLUSTER_INPUT]
     params = dict(mdata.uns.get(CLUSTER_PARAMS, {}))
@@ -119,7 +123,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     lap("cluster")
     if umap:
         report("umap", "UMAP of each latent")
-        run_umap(mdata, seed=seed, run_dir=run_dir)
+        run_umap(mdata, seed=seed, run_dir=run_dir, fit_cells=umap_fit_cells)
         lap("umap")
     report("traversal", "latent traversal")
     trav = traverse(model, run_dir=run_dir)
@@ -149,8 +153,8 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
         "n_cells": int(mdata.n_obs), "n_clusters": int(n_clusters),
         "cluster_sizes": {str(c): int(v) for c, v in labels.value_counts(sort=False).items()},
         "cluster_digest": labels_digest(labels),
-        "cluster_params": {"k": k, "resolution": resolution, "method": method, "seed": seed,
-                           "cluster_on": cluster_on},
+        "cluster_params": params,
+        "umap_params": mdata.uns.get(UMAP_PARAMS) if umap else None,
         "heatmap_tables": [key for key in tables if key != "similarity"],
         "similarity": tables["similarity"].to_dict(orient="records") if tables else [],
         "associated_counts": trav.summary().to_dict(orient="records"),

@@ -2,6 +2,7 @@
 ``scmm analyze | cluster | umap | traverse | heatmap | export | gene-activity | chromatin``."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def cmd_analyze(args) -> int:
 
     summary = analyze(args.run, resolution=args.resolution, k=args.k, method=args.method,
                       seed=args.seed, n_markers=args.n_markers, umap=not args.no_umap,
-                      progress=report, device=args.device, cluster_on=args.cluster_on)
+                      progress=report, device=args.device, cluster_on=args.cluster_on,
+                      neighbors=args.neighbors, umap_fit_cells=args.umap_fit_cells)
     print(f"{summary['n_clusters']} clusters on {summary['n_cells']} cells; "
           f"analysis saved in {args.run}")
     for row in summary["similarity"]:
@@ -166,6 +168,15 @@ def cmd_chromatin(args) -> int:
     return 0
 
 
+def _fit_cells(text: str):
+    """``--umap-fit-cells``: 'auto', 'all' (None) or a whole number of cells >= 4."""
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    if text.isdigit() and int(text) >= 4:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 'auto', 'all' or a number of cells >= 4, not {text!r}")
+
+
 def add_subcommands(sub) -> None:
     """Register the analysis subcommands on the ``scmm`` parser's subparsers."""
     p = sub.add_parser("analyze", help="cluster, UMAP, traversal and heatmap tables of a run, saved in it")
@@ -176,6 +187,12 @@ def add_subcommands(sub) -> None:
     p.add_argument("--cluster-on", default="joint", metavar="REP",
                    help="'joint' (default: the mean of the modality latents, as the paper), 'concat' "
                         "(the modality latents side by side) or a modality name")
+    p.add_argument("--neighbors", choices=["auto", "exact", "approximate"], default="auto",
+                   help="kNN search for clustering: 'auto' (default) is exact up to 50,000 cells and "
+                        "approximate (pynndescent) above")
+    p.add_argument("--umap-fit-cells", type=_fit_cells, default="auto", metavar="auto|all|N",
+                   help="cells the UMAPs are fitted on: 'auto' (default: all up to 100,000 cells, a "
+                        "random 50,000 above, the others placed by the fit), 'all', or a number")
     p.add_argument("--n-markers", type=int, default=5, help="marker features per cluster in the heatmaps")
     p.add_argument("--no-umap", action="store_true", help="skip the UMAPs")
     p.add_argument("--seed", type=int, default=0)

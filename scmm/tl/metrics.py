@@ -96,6 +96,32 @@ def batch_mixing_entropy(latent: np.ndarray, batches, n_cells: int = 100, n_neig
     return ent[inverse.reshape(picks.shape)].sum(axis=1)
 
 
+def neighbourhood_preservation(high, low, k: int = 15, n_cells: int = 5000, seed: int = 0) -> float:
+    """How faithfully an embedding keeps each cell's neighbours (1 = perfectly, ~k/n = randomly).
+
+    For a seeded random sample of ``n_cells`` cells (all when fewer), the mean
+    fraction of a cell's ``k`` nearest neighbours in ``high`` (the latent) that
+    are also among its ``k`` nearest neighbours in ``low`` (e.g. the 2-D UMAP).
+    Neighbours are exact (sklearn, Euclidean) over all cells, the cell itself excluded.
+    """
+    from sklearn.neighbors import NearestNeighbors
+    high, low = np.asarray(high, dtype=np.float32), np.asarray(low, dtype=np.float32)
+    n = len(high)
+    if len(low) != n:
+        raise ValueError(f"{n} cells in high but {len(low)} in low")
+    if not 1 <= k < n:
+        raise ValueError(f"k must be between 1 and the number of cells - 1 ({n - 1}), got {k}")
+    picks = np.sort(np.random.default_rng(seed).choice(n, size=min(n_cells, n), replace=False))
+    neighbours = []
+    for space in (high, low):
+        idx = NearestNeighbors(n_neighbors=k + 1).fit(space).kneighbors(space[picks], return_distance=False)
+        keep = idx != picks[:, None]
+        keep[keep.all(axis=1), -1] = False  # self not among the neighbours (duplicates): drop the farthest
+        neighbours.append(idx[keep].reshape(len(picks), k))
+    in_high, in_low = neighbours
+    return float((in_high[:, :, None] == in_low[:, None, :]).sum() / in_high.size)
+
+
 def knn_baseline(train_source, train_target, query_source, k: int = 20, n_pcs: int = 50,
                  seed: int = 0) -> np.ndarray:
     """k-nearest-neighbour regressor predicting target proportions from source counts.
