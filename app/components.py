@@ -120,7 +120,7 @@ function(figure, relayout) {
 """
 
 
-def _screen_size(screen) -> tuple[int | None, int | None]:
+def screen_size(screen) -> tuple[int | None, int | None]:
     """(width, height) from the browser's measurement: plain positive numbers or None (never trusted further)."""
     if not isinstance(screen, dict):
         return None, None
@@ -177,7 +177,7 @@ def register_export(app, cfg, name: str, states: list, build, filename, title=No
         fmt = trig["role"].split("-", 1)[1]
         if fmt not in EXPORT_FORMATS:
             return no_update, no_update
-        screen_w, screen_h = _screen_size(screen)
+        screen_w, screen_h = screen_size(screen)
         figure = build(*values)
         if figure is None:
             return no_update, "nothing to export yet"

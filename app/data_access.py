@@ -29,7 +29,7 @@ from scmm.runfolder import (CLUSTER_KEY, LATENT_KEY, LIBRARY_KEY, SPLIT_KEY, UMA
 from scmm.tl.traversal import CACHE_NAME as TRAVERSAL_CACHE
 from scmm.tl.traversal import Traversal
 
-from app import processes
+from app import processes, raster
 
 DATA_SUFFIXES = (".h5mu", ".h5ad", ".h5")
 #: obs columns written by the library for its own bookkeeping (not offered as colours)
@@ -256,6 +256,9 @@ class RunView:
                                for m in self.modalities}
         self._traversal = None
         self._chromatin = (None, None)
+        self._points: dict[str, raster.Points] = {}
+        #: small results the pages derive from this run's data (group labels), kept with the view
+        self.memo: dict = {}
 
     # ----------------------------------------------------------- layout
     def embeddings(self) -> dict[str, tuple[str, tuple[str, str]]]:
@@ -453,17 +456,27 @@ class RunView:
         return {"values": cat.cat.codes.to_numpy(dtype=np.int32), "kind": "categorical",
                 "label": label, "categories": cats}
 
+    def points(self, key: str) -> raster.Points:
+        """Embedding ``key``'s cells for rasterising and hit-testing (:class:`app.raster.Points`, kept)."""
+        if key not in self._points:
+            self._points[key] = raster.Points(self.coords(key))
+        return self._points[key]
+
     # --------------------------------------------------------- selections
     def cells_in_polygon(self, key: str, xs, ys) -> np.ndarray:
-        """Indices of cells of embedding ``key`` inside the lasso polygon (xs, ys)."""
+        """Indices of cells of embedding ``key`` inside the lasso polygon (xs, ys): at most
+        :data:`MAX_VERTICES` finite vertices (ValueError otherwise); the polygon's bounding box first."""
         from matplotlib.path import Path as MplPath
-        poly = MplPath(np.column_stack([xs, ys]))
-        return np.flatnonzero(poly.contains_points(self.coords(key)))
+        poly = _vertices(xs, ys)
+        xy = self.coords(key)
+        (x0, y0), (x1, y1) = poly.min(axis=0), poly.max(axis=0)
+        near = np.flatnonzero((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+        return near[MplPath(poly).contains_points(xy[near])]
 
     def cells_in_box(self, key: str, xrange, yrange) -> np.ndarray:
-        """Indices of cells of embedding ``key`` inside a box selection."""
+        """Indices of cells of embedding ``key`` inside a box selection (two finite numbers a side)."""
         xy = self.coords(key)
-        (x0, x1), (y0, y1) = sorted(xrange), sorted(yrange)
+        (x0, x1), (y0, y1) = np.sort(_vertices(xrange, yrange, least=2, most=2), axis=0).T
         return np.flatnonzero((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
 
     # ---------------------------------------------------------- analyses
@@ -516,6 +529,21 @@ class RunView:
     def heatmap_tables(self) -> dict[str, pd.DataFrame]:
         """Cluster x feature tables written by the analysis (``{name: DataFrame}``; empty when absent)."""
         return runfolder.read_heatmap_tables(self.path) or {}
+
+
+#: the most vertices a lasso may have (a browser's lasso has a few hundred)
+MAX_VERTICES = 5000
+
+
+def _vertices(xs, ys, least: int = 3, most: int = MAX_VERTICES) -> np.ndarray:
+    """(n, 2) float array of a selection's outline from the browser: ``least`` to ``most`` finite
+    numbers a side (ValueError otherwise)."""
+    ok = isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys) and least <= len(xs) <= most
+    if ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs + ys):
+        out = np.column_stack([np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)])
+        if np.isfinite(out).all():
+            return out
+    raise ValueError(f"a selection outline must be {least} to {most} finite points")
 
 
 @functools.lru_cache(maxsize=4)

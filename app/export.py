@@ -156,6 +156,11 @@ def vector_heatmaps(fig: dict) -> dict:
         if trace.get("type") != "heatmap":
             data.append(trace)
             continue
+        if trace.get("opacity") == 0:  # the invisible hover/lasso layer of a raster embedding
+            if trace.get("showscale", True) and trace.get("zmin") is not None and trace.get("zmax") is not None:
+                data.append(_colour_bar(trace, float(trace["zmin"]), float(trace["zmax"]),
+                                        trace.get("colorscale") or "Viridis"))
+            continue
         z = np.asarray(_values(trace.get("z", [])), dtype=float)
         if z.ndim != 2 or not z.size:
             continue
@@ -181,15 +186,19 @@ def vector_heatmaps(fig: dict) -> dict:
                          "ticktext": labels, "range": [hi, lo] if reverse else [lo, hi],
                          "autorange": False, "showgrid": False, "zeroline": False})
         if trace.get("showscale", True):
-            data.append({"type": "scatter", "x": [None], "y": [None], "xaxis": xref, "yaxis": yref,
-                         "mode": "markers", "showlegend": False, "hoverinfo": "skip",
-                         "marker": {"color": [zmin, zmax], "cmin": zmin, "cmax": zmax,
-                                    "colorscale": colorscale, "showscale": True,
-                                    "colorbar": trace.get("colorbar", {})}})
+            data.append(_colour_bar(trace, zmin, zmax, colorscale))
     fig["data"] = data
     if converted and not other_bars:
         layout["barmode"] = "overlay"
     return fig
+
+
+def _colour_bar(trace: dict, zmin: float, zmax: float, colorscale) -> dict:
+    """A transparent marker trace that carries ``trace``'s colour bar."""
+    return {"type": "scatter", "x": [None], "y": [None], "xaxis": trace.get("xaxis", "x"),
+            "yaxis": trace.get("yaxis", "y"), "mode": "markers", "showlegend": False, "hoverinfo": "skip",
+            "marker": {"color": [zmin, zmax], "cmin": zmin, "cmax": zmax, "colorscale": colorscale,
+                       "showscale": True, "colorbar": trace.get("colorbar", {})}}
 
 
 def _category_counts(fig: dict) -> dict[str, int]:

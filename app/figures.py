@@ -53,15 +53,21 @@ BIG = 20_000
 
 
 def typed(values) -> dict:
-    """A numeric array as plotly's base64 typed-array spec (no per-number JSON)."""
+    """A numeric array as plotly's base64 typed-array spec (no per-number JSON); uint8 stays one
+    byte a value, and a 2-D array keeps its shape."""
     arr = np.ascontiguousarray(values)
     if arr.dtype.kind == "f":
         arr, dtype = arr.astype(np.float32, copy=False), "f4"
+    elif arr.dtype == np.uint8:
+        dtype = "u1"
     elif arr.dtype.kind in "iub":
         arr, dtype = arr.astype(np.int32, copy=False), "i4"
     else:
         raise TypeError(f"not a numeric array: {arr.dtype}")
-    return {"dtype": dtype, "bdata": base64.b64encode(arr.tobytes()).decode("ascii")}
+    out = {"dtype": dtype, "bdata": base64.b64encode(arr.tobytes()).decode("ascii")}
+    if arr.ndim == 2:
+        out["shape"] = f"{arr.shape[0]},{arr.shape[1]}"
+    return out
 
 
 def empty(message: str = "", height: int | None = None) -> go.Figure:
@@ -95,56 +101,66 @@ def loss_curve(history: list[dict], title: str = "Loss") -> go.Figure:
 
 
 # --------------------------------------------------------------- embeddings
+def colour_scale(values, kind: str, label: str, categories=None, palette=None) -> dict:
+    """The colour scale of a colouring, shared by the scatter and the raster image.
+
+    ``{"colorscale", "cmin", "cmax", "colorbar", "colours"}``: for ``"categorical"``
+    values (integer codes into ``categories``) a stepped scale with the category
+    names on the colour bar and ``colours`` one colour per category; for
+    ``"continuous"`` ones Viridis, or a diverging scale centred on 0 when the
+    values take both signs (as latent dimensions do), and ``colours`` None.
+    """
+    if kind == "categorical":
+        categories = [str(c) for c in (categories if categories is not None else np.unique(values))]
+        k = max(len(categories), 1)
+        palette = list(palette or distinct_colours(k))
+        colours = [palette[i % len(palette)] for i in range(k)]
+        scale = []
+        for i, c in enumerate(colours):
+            scale += [[i / k, c], [(i + 1) / k, c]]
+        colorbar = {"title": {"text": label}, "tickvals": list(range(k)), "ticktext": categories,
+                    "lenmode": "fraction", "len": 0.9}
+        return {"colorscale": scale, "cmin": -0.5, "cmax": k - 0.5, "colorbar": colorbar,
+                "colours": colours[:len(categories)], "categories": categories}
+    vals = np.asarray(values, dtype=np.float32)
+    finite = vals[np.isfinite(vals)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    colorbar = {"title": {"text": label}}
+    if lo < 0 < hi:
+        bound = max(-lo, hi)
+        return {"colorscale": DIVERGING, "cmin": -bound, "cmax": bound, "colorbar": colorbar, "colours": None}
+    return {"colorscale": CONTINUOUS, "cmin": lo, "cmax": hi if hi > lo else lo + 1, "colorbar": colorbar,
+            "colours": None}
+
+
 def colour_spec(values, kind: str, label: str, categories=None, palette=None) -> dict:
     """Marker colour + hover settings for one Scattergl trace.
 
-    ``kind`` is ``"categorical"`` (``values`` integer codes into ``categories``;
-    a stepped colour scale with the category names on the colour bar) or
-    ``"continuous"`` (floats; Viridis, or a diverging scale centred on 0 when
-    the values take both signs, as latent dimensions do).  The returned dict
+    ``kind`` and the colours as in :func:`colour_scale`.  The returned dict
     holds ``marker``, ``customdata`` and ``hovertemplate``: what a colour-by
     change needs to send (see :func:`recolour`), and ``order``: the drawing order
     of the cells (:func:`draw_order`; ``None`` for the cells' own order), in
     which marker colours and hover values are already given.
     """
     values = np.asarray(values)
-    n = len(values)
-    size = 3 if n > BIG else 5
+    size = 3 if len(values) > BIG else 5
+    scale = colour_scale(values, kind, label, categories, palette)
+    marker = {"colorscale": scale["colorscale"], "cmin": scale["cmin"], "cmax": scale["cmax"], "size": size,
+              "showscale": True, "colorbar": scale["colorbar"]}
     if kind == "categorical":
-        categories = [str(c) for c in (categories if categories is not None else np.unique(values))]
-        k = max(len(categories), 1)
-        colours = list(palette or distinct_colours(k))
-        scale = []
-        for i in range(k):
-            c = colours[i % len(colours)]
-            scale += [[i / k, c], [(i + 1) / k, c]]
+        categories = scale["categories"]
         codes = np.asarray(values, dtype=np.int32)
-        marker = {"color": typed(codes), "colorscale": scale, "cmin": -0.5, "cmax": k - 0.5,
-                  "size": size, "showscale": True,
-                  "colorbar": {"title": {"text": label}, "tickvals": list(range(k)),
-                               "ticktext": categories, "lenmode": "fraction", "len": 0.9}}
+        marker["color"] = typed(codes)
         names = np.asarray(categories + ["NA"], dtype=object)
-        custom = names[np.where(codes < 0, k, codes)].astype(str)
+        custom = names[np.where(codes < 0, len(categories), codes)].astype(str)
         hover = f"%{{text}}<br>{label}: %{{customdata}}<extra></extra>"
-        spec_colours = [colours[i % len(colours)] for i in range(len(categories))]
         return {"marker": marker, "customdata": custom, "hovertemplate": hover, "order": None,
-                "groups": list(zip(categories, spec_colours))}
-    else:
-        vals = np.asarray(values, dtype=np.float32)
-        finite = vals[np.isfinite(vals)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        diverging = lo < 0 < hi
-        order = draw_order(vals, diverging)
-        marker = {"color": typed(vals[order]), "size": size, "showscale": True,
-                  "colorbar": {"title": {"text": label}}}
-        if diverging:
-            bound = max(-lo, hi)
-            marker.update(colorscale=DIVERGING, cmin=-bound, cmax=bound)
-        else:
-            marker.update(colorscale=CONTINUOUS, cmin=lo, cmax=hi if hi > lo else lo + 1)
-        custom = typed(vals[order])
-        hover = f"%{{text}}<br>{label}: %{{customdata:.3g}}<extra></extra>"
-    return {"marker": marker, "customdata": custom, "hovertemplate": hover, "order": order}
+                "groups": list(zip(categories, scale["colours"]))}
+    vals = np.asarray(values, dtype=np.float32)
+    order = draw_order(vals, scale["colorscale"] == DIVERGING)
+    marker["color"] = typed(vals[order])
+    hover = f"%{{text}}<br>{label}: %{{customdata:.3g}}<extra></extra>"
+    return {"marker": marker, "customdata": typed(vals[order]), "hovertemplate": hover, "order": order}
 
 
 def draw_order(values, diverging: bool = False) -> np.ndarray:
@@ -195,6 +211,42 @@ def embedding(xy, spec: dict, cell_ids, title: str = "", axis_names=("UMAP1", "U
                       uirevision=uirevision or title,
                       xaxis={"title": axis_names[0], "showgrid": False, "zeroline": False},
                       yaxis={"title": axis_names[1], "showgrid": False, "zeroline": False},
+                      annotations=labels or [])
+    return fig
+
+
+def raster_layers(image_uri: str, bounds, size, hit_px: int) -> tuple[dict, dict]:
+    """(layout image, hit-layer trace settings) of a raster embedding over ``bounds`` (x0, x1, y0, y1).
+
+    The image spans the range in data coordinates; the hit layer is an
+    invisible heatmap of ``hit_px``-pixel bins over the same range, so that
+    hovering reports a position and a lasso or box emits its outline.
+    """
+    x0, x1, y0, y1 = bounds
+    nx, ny = max(1, size[0] // hit_px), max(1, size[1] // hit_px)
+    image = {"source": image_uri, "xref": "x", "yref": "y", "x": x0, "y": y1, "sizex": x1 - x0,
+             "sizey": y1 - y0, "sizing": "stretch", "layer": "below", "xanchor": "left", "yanchor": "top"}
+    hit = {"z": typed(np.zeros((ny, nx), dtype=np.uint8)), "x0": x0 + (x1 - x0) / nx / 2, "dx": (x1 - x0) / nx,
+           "y0": y0 + (y1 - y0) / ny / 2, "dy": (y1 - y0) / ny}
+    return image, hit
+
+
+def raster_embedding(image: dict, hit: dict, scale: dict, extent, title: str = "", axis_names=("UMAP1", "UMAP2"),
+                     uirevision: str | None = None, labels: list[dict] | None = None) -> go.Figure:
+    """An embedding drawn as a server-rendered image (from :func:`raster_layers`), its colour bar
+    ``scale`` (from :func:`colour_scale`) on the invisible hit layer (trace 0, named "cells");
+    the axes start at ``extent`` (x0, x1, y0, y1)."""
+    trace = go.Heatmap(**hit, name="cells", opacity=0, hoverinfo="none", showscale=True,
+                       colorscale=scale["colorscale"], zmin=scale["cmin"], zmax=scale["cmax"],
+                       colorbar=scale["colorbar"])
+    fig = go.Figure(trace)
+    fig.update_layout(template=TEMPLATE, title=title, dragmode="lasso", height=560, images=[image],
+                      margin={"l": 40, "r": 10, "t": 50, "b": 40}, hovermode="closest",
+                      uirevision=uirevision or title,
+                      xaxis={"title": axis_names[0], "showgrid": False, "zeroline": False,
+                             "range": list(extent[:2]), "autorange": False},
+                      yaxis={"title": axis_names[1], "showgrid": False, "zeroline": False,
+                             "range": list(extent[2:]), "autorange": False},
                       annotations=labels or [])
     return fig
 

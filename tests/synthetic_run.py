@@ -31,7 +31,13 @@ def make_run(path: str | Path, n_cells: int = 2000, n_genes: int = 300, n_prots:
     prots = [f"P{i:02d}" for i in range(n_prots)]
     obs = pd.DataFrame({"cell_type": pd.Categorical([f"type{c % 5}" for c in clusters])}, index=cells)
     density = min(0.1, 4e6 / (n_cells * n_genes))  # at most ~4M non-zeros
-    rna = sp.random(n_cells, n_genes, density=density, format="csr", random_state=seed, dtype=np.float32)
+    if n_cells * n_genes <= 10**9:
+        rna = sp.random(n_cells, n_genes, density=density, format="csr", random_state=seed, dtype=np.float32)
+    else:  # sp.random draws positions without replacement from all n x g (32 GB at 1M x 4,000)
+        nnz = int(density * n_cells * n_genes)
+        rna = sp.csr_matrix((rng.random(nnz, dtype=np.float32), (rng.integers(0, n_cells, nnz),
+                                                                 rng.integers(0, n_genes, nnz))),
+                            shape=(n_cells, n_genes))
     rna.data = np.ceil(rna.data * 10)
     prot = rng.poisson(5, (n_cells, n_prots)).astype(np.float32)
     mods = {"rna": ad.AnnData(rna, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)),

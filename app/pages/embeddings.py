@@ -7,7 +7,9 @@ when a continuous colour reorders the points so that high values are drawn on
 top (``emb-ordered`` says whether the browser holds such an order).  A lasso
 (or box) selection is tested against the polygon on the server, can be named
 and kept, exported as CSV, and ranked against the other cells
-(``scmm.tl.rank_features`` in a background job).
+(``scmm.tl.rank_features`` in a background job).  Above
+:data:`app.raster.RASTER_ABOVE` cells the cells are drawn as an image rendered on the server
+(:mod:`app.pages.raster_view`), the page says so, and hovering names the nearest cell below the plot.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from scmm import runfolder
 from scmm.runfolder import CLUSTER_KEY
 from scmm.tl.heatmap import rank_features
 
-from app import components, data_access, figures, processes
+from app import components, data_access, figures, processes, raster
+from app.pages import raster_view
 
 TOP_N = 25
 
@@ -62,6 +65,9 @@ def layout(cfg, run_id, query) -> html.Div:
         "This run is not analysed yet (no UMAPs or clusters): showing latent dimensions 1 and 2. "
         "Run `scmm analyze RUN` or train from this app.", color="warning", className="py-2")]
     note += [dbc.Alert(text, color="info", className="py-1 small") for text in view.approximation_notes()]
+    if raster.rasterised(view.n_cells):
+        note.append(dbc.Alert(raster_view.note(view.n_cells), color="info", className="py-1 small",
+                              id="emb-raster-note"))
     problem = view.colour_problem(colour)
     if problem:
         note.append(not_shown(f"colour {colour}", problem, f"coloured by {view.colour(default)['label']}"))
@@ -99,11 +105,14 @@ def layout(cfg, run_id, query) -> html.Div:
         dcc.Store(id="emb-run", data=view.id),
         dcc.Store(id="sel-current", data=[]),
         dcc.Store(id="emb-ordered", data=False),
+        dcc.Store(id="emb-range", data=None),
+        dcc.Store(id="emb-drawn", data=None),
         html.H3(["Embeddings ", html.Small(view.id, className="text-muted")]),
         *note,
         dbc.Row([
             dbc.Col(controls, md=3),
-            dbc.Col(components.figure_card("embedding", None, "UMAP"), md=9),
+            dbc.Col(components.figure_card("embedding", None, "UMAP", extra=[
+                html.Div(id="emb-hover", className="small", style={"minHeight": "1.5em"})]), md=9),
         ]),
         dbc.Card([dbc.CardHeader("Top features of the selection"),
                   dbc.CardBody(dcc.Loading(html.Div(id="sel-table"), delay_show=300))], className="mb-3"),
@@ -131,19 +140,34 @@ def naming_card(view) -> dbc.Card:
         ])])
 
 
-def colour_figure(view, emb_label: str, colour: str, selected=None, shown=None) -> object:
-    """The full embedding figure of ``view`` (see :func:`app.figures.embedding`); ``shown``: the
-    group codes left visible (all when None)."""
+def colour_figure(view, emb_label: str, colour: str, selected=None, shown=None, size=None) -> object:
+    """The full embedding figure of ``view`` (see :func:`app.figures.embedding`; above
+    :data:`app.raster.RASTER_ABOVE` cells an image of ``size`` pixels, :func:`raster_view.figure`);
+    ``shown``: the group codes left visible (all when None)."""
     key, axes = view.embeddings()[emb_label]
     c = view.colour(colour)
+    if raster.rasterised(view.n_cells):
+        scale = figures.colour_scale(c["values"], c["kind"], c["label"], c["categories"])
+        labels = group_labels(view, key, c) if c["kind"] == "categorical" else []
+        return raster_view.figure(view, key, c, scale, size or raster.DEFAULT_SIZE,
+                                  f"{emb_label} latent: {c['label']}", axes, f"{view.id}:{emb_label}", labels,
+                                  shown if c["kind"] == "categorical" else None)
     spec = figures.colour_spec(c["values"], c["kind"], c["label"], c["categories"])
-    labels = figures.group_labels(view.coords(key), c["values"], c["categories"]) \
-        if c["kind"] == "categorical" else []
+    labels = group_labels(view, key, c) if c["kind"] == "categorical" else []
     if shown is not None and c["kind"] == "categorical":
         spec["marker"]["opacity"] = figures.group_opacity(c["values"], set(shown))
     return figures.embedding(view.coords(key), spec, view.cell_ids,
                              title=f"{emb_label} latent: {c['label']}", axis_names=axes,
                              selected=selected, uirevision=f"{view.id}:{emb_label}", labels=labels)
+
+
+def group_labels(view, key: str, c: dict) -> list[dict]:
+    """:func:`app.figures.group_labels` of the categorical colouring ``c`` on embedding ``key``
+    (kept in the view: a median per group costs ~0.1 s at 1,000,000 cells)."""
+    memo = ("group labels", key, c["label"])
+    if memo not in view.memo:
+        view.memo[memo] = figures.group_labels(view.coords(key), c["values"], c["categories"])
+    return view.memo[memo]
 
 
 def coloured(view, colour: str) -> tuple[dict, dict]:
@@ -159,9 +183,22 @@ def colour_patch(view, emb_label: str, c: dict, spec: dict, was_ordered: bool) -
     reorder = was_ordered or spec["order"] is not None
     patch = figures.recolour(Patch(), spec, *((view.coords(key), view.cell_ids) if reorder else ()))
     patch["layout"]["title"]["text"] = f"{emb_label} latent: {c['label']}"
-    patch["layout"]["annotations"] = figures.group_labels(view.coords(key), c["values"], c["categories"]) \
-        if c["kind"] == "categorical" else []
+    patch["layout"]["annotations"] = group_labels(view, key, c) if c["kind"] == "categorical" else []
     return patch
+
+
+def raster_colour_patch(view, emb_label: str, colour: str, bounds, size) -> tuple[Patch, dict, dict]:
+    """A colour change of a rasterised embedding: (the image, colour bar, title and group labels
+    as a Patch, the colour values, their :func:`app.figures.colour_scale`); ``bounds`` as kept by
+    the page (untrusted)."""
+    key, _ = view.embeddings()[emb_label]
+    c = view.colour(colour)
+    scale = figures.colour_scale(c["values"], c["kind"], c["label"], c["categories"])
+    bounds = raster.parse_bounds(bounds, view.points(key).extent)
+    patch = raster_view.colour_patch(Patch(), view, key, c, scale, bounds, size)
+    patch["layout"]["title"]["text"] = f"{emb_label} latent: {c['label']}"
+    patch["layout"]["annotations"] = group_labels(view, key, c) if c["kind"] == "categorical" else []
+    return patch, c, scale
 
 
 def group_legend(c: dict, spec: dict) -> tuple[list, list, dict]:
@@ -190,13 +227,17 @@ def selection_from_event(view, emb_label: str, selected: dict | None, order=None
     if not selected:
         return []
     key, _ = view.embeddings()[emb_label]
-    if selected.get("lassoPoints"):
-        pts = selected["lassoPoints"]
-        return view.cells_in_polygon(key, pts["x"], pts["y"]).tolist()
-    if selected.get("range"):
-        rng = selected["range"]
-        return view.cells_in_box(key, rng["x"], rng["y"]).tolist()
-    pts = [p.get("pointIndex") for p in selected.get("points") or [] if p.get("curveNumber") == 0]
+    lasso, box = selected.get("lassoPoints"), selected.get("range")
+    for outline in (lasso, box):
+        if outline and not isinstance(outline, dict):
+            raise ValueError("a selection outline must be an object with x and y")
+    if lasso:
+        return view.cells_in_polygon(key, lasso.get("x"), lasso.get("y")).tolist()
+    if box:
+        return view.cells_in_box(key, box.get("x"), box.get("y")).tolist()
+    points = selected.get("points")
+    points = [p for p in points if isinstance(p, dict)] if isinstance(points, list) else []
+    pts = [p.get("pointIndex") for p in points if p.get("curveNumber") == 0]
     pts = [i for i in pts if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < view.n_cells]
     return sorted({int(order[i]) if order is not None else i for i in pts})
 
@@ -205,38 +246,106 @@ def register(app, cfg) -> None:
     """Embeddings page callbacks."""
     graph = components.graph_id("embedding")
 
+    screen = State({"role": "export-screen", "g": "embedding"}, "data")
+
     @app.callback(Output(graph, "figure"), Output("page-state", "data", allow_duplicate=True),
                   Output("emb-groups", "options"), Output("emb-groups", "value"), Output("emb-groups-box", "style"),
-                  Output("emb-ordered", "data"),
+                  Output("emb-ordered", "data"), Output("emb-range", "data"), Output("emb-drawn", "data"),
                   Input("emb-key", "value"), Input("emb-colour", "value"), State("emb-run", "data"),
-                  State("emb-ordered", "data"), prevent_initial_call="initial_duplicate")
-    def draw(emb_label, colour, run_id, was_ordered):
-        """Full figure when the embedding changes; a Patch of the colours otherwise; the group legend."""
+                  State("emb-ordered", "data"), State("emb-range", "data"), screen,
+                  prevent_initial_call="initial_duplicate")
+    def draw(emb_label, colour, run_id, was_ordered, bounds, screen_px):
+        """Full figure when the embedding changes; a Patch of the colours otherwise; the group legend.
+        Rasterised: the image of the range in view (``emb-range``), drawn with every group."""
         view = _run(cfg, run_id)
         if view is None or emb_label not in (view.embeddings() if view else {}):
-            return figures.empty("no run"), no_update, [], [], {"display": "none"}, False
+            return figures.empty("no run"), no_update, [], [], {"display": "none"}, False, None, None
         state = {"color": colour, "emb": emb_label}
+        recolour = ctx.triggered_id == "emb-colour"
+        if raster.rasterised(view.n_cells):
+            size = raster_view.pixels(screen_px)
+            if recolour:
+                fig, c, scale = raster_colour_patch(view, emb_label, colour, bounds, size)
+            else:
+                fig = colour_figure(view, emb_label, colour, size=size)
+                c = view.colour(colour)
+                scale = figures.colour_scale(c["values"], c["kind"], c["label"], c["categories"])
+            legend = group_legend(c, {"groups": list(zip(scale.get("categories") or [], scale["colours"] or []))})
+            return fig, state, *legend, False, no_update if recolour else None, legend[1]
         c, spec = coloured(view, colour)
         legend = group_legend(c, spec)
         ordered = spec["order"] is not None
-        if ctx.triggered_id == "emb-colour":
-            return (colour_patch(view, emb_label, c, spec, was_ordered is not False), state, *legend, ordered)
-        return (colour_figure(view, emb_label, colour), state, *legend, ordered)
+        if recolour:
+            return (colour_patch(view, emb_label, c, spec, was_ordered is not False), state, *legend, ordered,
+                    no_update, no_update)
+        return (colour_figure(view, emb_label, colour), state, *legend, ordered, None, None)
 
-    @app.callback(Output(graph, "figure", allow_duplicate=True), Input("emb-groups", "value"),
-                  State("emb-colour", "value"), State("emb-run", "data"), prevent_initial_call=True)
-    def toggle_groups(shown, colour, run_id):
-        """Hide or show groups (a Patch of the markers' opacity only)."""
+    @app.callback(Output(graph, "figure", allow_duplicate=True), Output("emb-drawn", "data", allow_duplicate=True),
+                  Input("emb-groups", "value"), State("emb-key", "value"), State("emb-colour", "value"),
+                  State("emb-run", "data"), State("emb-range", "data"), State("emb-drawn", "data"), screen,
+                  prevent_initial_call=True)
+    def toggle_groups(shown, emb_label, colour, run_id, bounds, drawn, screen_px):
+        """Hide or show groups (a Patch of the markers' opacity only; rasterised: the image re-drawn
+        without the hidden groups, unless it already shows these groups)."""
         view = _run(cfg, run_id)
-        if view is None or not isinstance(shown, list):
-            return no_update
+        if view is None or not isinstance(shown, list) or emb_label not in view.embeddings():
+            return no_update, no_update
         c = view.colour(colour)
         if c["kind"] != "categorical":
+            return no_update, no_update
+        shown = sorted({i for i in shown if isinstance(i, int) and not isinstance(i, bool)})
+        if not raster.rasterised(view.n_cells):
+            patch = Patch()
+            patch["data"][0]["marker"]["opacity"] = figures.group_opacity(c["values"], set(shown))
+            return patch, no_update
+        if shown == drawn:
+            return no_update, no_update
+        key, _ = view.embeddings()[emb_label]
+        scale = figures.colour_scale(c["values"], c["kind"], c["label"], c["categories"])
+        bounds = raster.parse_bounds(bounds, view.points(key).extent)
+        return raster_view.image_patch(Patch(), view, key, c, scale, bounds, raster_view.pixels(screen_px),
+                                       shown), shown
+
+    @app.callback(Output(graph, "figure", allow_duplicate=True), Output("emb-range", "data", allow_duplicate=True),
+                  Input(graph, "relayoutData"), State("emb-key", "value"), State("emb-colour", "value"),
+                  State("emb-groups", "value"), State("emb-run", "data"), State("emb-range", "data"), screen,
+                  prevent_initial_call=True)
+    def zoom(relayout, emb_label, colour, shown, run_id, bounds, screen_px):
+        """Rasterised: a zoom or pan re-draws the image of the range in view (checked: it comes from
+        the browser); a reset goes back to every cell."""
+        view = _run(cfg, run_id)
+        if view is None or not raster.rasterised(view.n_cells) or emb_label not in view.embeddings():
+            return no_update, no_update
+        key, _ = view.embeddings()[emb_label]
+        extent = view.points(key).extent
+        try:
+            new = raster.bounds_from_relayout(relayout, raster.parse_bounds(bounds, extent), extent)
+        except ValueError:
+            return no_update, no_update
+        if new is None:
+            return no_update, no_update
+        c = view.colour(colour)
+        scale = figures.colour_scale(c["values"], c["kind"], c["label"], c["categories"])
+        groups = [i for i in shown if isinstance(i, int)] if isinstance(shown, list) and c["kind"] == "categorical" \
+            else None
+        patch = raster_view.image_patch(Patch(), view, key, c, scale, new, raster_view.pixels(screen_px), groups)
+        if new == extent:  # a reset: the axes back to every cell (autorange would fit the hit layer)
+            patch["layout"]["xaxis"]["range"], patch["layout"]["yaxis"]["range"] = list(extent[:2]), list(extent[2:])
+        return patch, list(new)
+
+    @app.callback(Output("emb-hover", "children"), Input(graph, "hoverData"), State("emb-key", "value"),
+                  State("emb-colour", "value"), State("emb-run", "data"), State("emb-range", "data"), screen,
+                  prevent_initial_call=True)
+    def hover(hovered, emb_label, colour, run_id, bounds, screen_px):
+        """Rasterised: the cell nearest to the pointer, with its colour value (found on the server)."""
+        view = _run(cfg, run_id)
+        if view is None or not raster.rasterised(view.n_cells) or emb_label not in view.embeddings():
             return no_update
-        patch = Patch()
-        patch["data"][0]["marker"]["opacity"] = figures.group_opacity(
-            c["values"], {i for i in shown if isinstance(i, int)})
-        return patch
+        key, _ = view.embeddings()[emb_label]
+        bounds = raster.parse_bounds(bounds, view.points(key).extent)
+        text = raster_view.hovered_cell(view, key, view.colour(colour), hovered, bounds,
+                                        raster_view.pixels(screen_px))
+        return no_update if text is None else text
 
     components.register_export(
         app, cfg, "embedding", [State("emb-run", "data"), State("emb-key", "value"), State("emb-colour", "value"),
@@ -287,8 +396,12 @@ def register(app, cfg) -> None:
         if view is None or emb_label not in view.embeddings() or not isinstance(selected, dict):
             return no_update, no_update
         clicked = not (selected.get("lassoPoints") or selected.get("range"))
-        order = coloured(view, colour if isinstance(colour, str) else "")[1]["order"] if clicked else None
-        idx = selection_from_event(view, emb_label, selected, order)
+        order = coloured(view, colour if isinstance(colour, str) else "")[1]["order"] \
+            if clicked and not raster.rasterised(view.n_cells) else None
+        try:
+            idx = selection_from_event(view, emb_label, selected, order)
+        except ValueError as err:
+            return [], f"Selection refused: {err}"
         return idx, f"{len(idx):,} of {view.n_cells:,} cells selected"
 
     @app.callback(Output("selections", "data"), Output("sel-pick", "options"), Output("sel-pick", "value"),

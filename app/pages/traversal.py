@@ -19,7 +19,8 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from scmm.runfolder import LATENT_KEY, RunFileError
 from scmm.tl.traversal import dimension_overview
 
-from app import components, data_access, figures
+from app import components, data_access, figures, raster
+from app.pages import raster_view
 from app.pages.embeddings import no_run, not_shown, run_missing
 
 N_PROFILE = 6
@@ -235,9 +236,14 @@ def traversal_umap(view, trav, dim: int, step: int):
     """The joint UMAP coloured by the cells' z_dim, with the traversal point marked (a star)."""
     key, axes = view.embeddings()["joint"]
     c = view.colour(f"z:{dim}")
-    fig = figures.embedding(view.coords(key), figures.colour_spec(c["values"], c["kind"], c["label"]),
-                            view.cell_ids, title=f"joint UMAP coloured by z{dim + 1}; ★ the traversal value",
-                            axis_names=axes, uirevision=f"{view.id}:trav")
+    title = f"joint UMAP coloured by z{dim + 1}; ★ the traversal value"
+    if raster.rasterised(view.n_cells):  # an image of the cells, said in the title (app.raster)
+        scale = figures.colour_scale(c["values"], c["kind"], c["label"])
+        fig = raster_view.figure(view, key, c, scale, raster.DEFAULT_SIZE,
+                                 f"{title} (rasterised image of {view.n_cells:,} cells)", axes, f"{view.id}:trav")
+    else:
+        fig = figures.embedding(view.coords(key), figures.colour_spec(c["values"], c["kind"], c["label"]),
+                                view.cell_ids, title=title, axis_names=axes, uirevision=f"{view.id}:trav")
     x, y = traversal_point(view, trav, dim, step) or (None, None)
     fig.add_scatter(x=[x], y=[y], mode="markers", name="traversal", hoverinfo="skip", showlegend=False,
                     marker={"symbol": "star", "size": 18, "color": "black", "line": {"width": 1, "color": "white"}})

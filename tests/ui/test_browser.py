@@ -310,3 +310,56 @@ def test_full_flow(dash_duo, tmp_path, shots):
     dash_duo.wait_for_contains_text(".not-shown", "there is no such page", timeout=30)
 
     assert severe_logs(dash_duo) == []
+
+
+def drag_lasso(dash_duo, graph: str) -> None:
+    """Draw a lasso over the middle of figure card ``graph`` with real mouse events (no points needed)."""
+    dash_duo.driver.execute_script(f"""
+        const el = {plot_of(graph)}.querySelector('.nsewdrag'), b = el.getBoundingClientRect();
+        const cx = b.left + b.width / 2, cy = b.top + b.height / 2;
+        const ev = (type, x, y, target) => target.dispatchEvent(new MouseEvent(type,
+            {{clientX: x, clientY: y, bubbles: true, buttons: 1, button: 0, view: window}}));
+        ev('mousedown', cx - 150, cy - 120, el);
+        for (const [x, y] of [[cx - 150, cy + 120], [cx + 150, cy + 120], [cx + 150, cy - 120], [cx - 150, cy - 120]])
+            ev('mousemove', x, y, document);
+        ev('mouseup', cx - 150, cy - 120, document);
+    """)
+
+
+def test_raster_embedding(dash_duo, tmp_path, monkeypatch):
+    """Above the threshold (lowered here to 2,000 cells) the cells are an image drawn on the server:
+    the page says so, a colour change re-draws it, a lasso selects cells, hovering names a cell."""
+    from app import raster
+    from tests import synthetic_run
+    monkeypatch.setattr(raster, "RASTER_ABOVE", 2000)
+    runs_dir = tmp_path / "runs"
+    synthetic_run.make_run(runs_dir / "big", n_cells=3000)
+    dash_duo.start_server(create_app(tmp_path / "data", runs_dir, tmp_path / "cache", write_demo=False))
+    visit(dash_duo, "/embeddings", run="big", color="obs:scmm_cluster")
+    dash_duo.wait_for_contains_text("#emb-raster-note", "rasterised image of the 3,000 cells", timeout=60)
+    image = f"try {{ return {plot_of('embedding')}._fullLayout.images[0].source; }} catch (e) {{ return null; }}"
+    first = wait_js(dash_duo, image, timeout=60)
+    assert first.startswith("data:image/png;base64,")
+    assert dash_duo.driver.execute_script(f"return {plot_of('embedding')}.querySelectorAll('image').length") >= 1
+    dash_duo.driver.execute_script("window.dash_clientside.set_props('emb-colour', {value: 'feat:rna:G0001'});")
+    dash_duo.wait_for_contains_text(".gtitle", "rna:G0001", timeout=30)
+    wait_js(dash_duo, f"return {plot_of('embedding')}._fullLayout.images[0].source !== {json.dumps(first)};")
+    drag_lasso(dash_duo, "embedding")
+    dash_duo.wait_for_contains_text("#sel-info", "cells selected", timeout=30)
+    n_selected = int(dash_duo.find_element("#sel-info").text.split(" of ")[0].replace(",", ""))
+    assert 0 < n_selected < 3000
+    # hovering over a cell names it (found on the server) with its value
+    from app import data_access
+    x, y = (float(v) for v in data_access.get_run(runs_dir / "big").coords("X_umap_scmm")[0])
+    dash_duo.driver.execute_script(f"""
+        const gd = {plot_of('embedding')}, el = gd.querySelector('.nsewdrag'), b = el.getBoundingClientRect();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        el.dispatchEvent(new MouseEvent('mousemove', {{clientX: b.left + xa.d2p({x}), clientY: b.top + ya.d2p({y}),
+                                                       bubbles: true, view: window}}));
+    """)
+    hovered = dash_duo.wait_for_element("#emb-hover-cell", timeout=30).text
+    assert hovered.startswith("cell") and "rna:G0001:" in hovered, hovered
+    # a zoom re-draws the image of the range in view
+    dash_duo.driver.execute_script(f"Plotly.relayout({plot_of('embedding')}, {{'xaxis.range': [{x - 1}, {x + 1}]}});")
+    wait_js(dash_duo, f"return Math.abs({plot_of('embedding')}._fullLayout.images[0].x - {x - 1}) < 1e-6;")
+    assert severe_logs(dash_duo) == []
