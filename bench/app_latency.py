@@ -180,23 +180,28 @@ def http(runs_dir: Path, run_id: str, view, repeats: int) -> dict:
         server.close()
 
 
-def browser(runs_dir: Path, run_id: str, view, repeats: int) -> dict:
-    """Click-to-drawn times in headless Chromium: the value is set through ``dash_clientside.set_props``
-    and the clock stops at the graph's next ``plotly_afterplot`` (request + callback + WebGL redraw)."""
-    import shutil
+def chromium():
+    """Headless Chromium (Debian's) driven by selenium, software WebGL, 1400 x 1000."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
-    from app.main import create_app
-    if not shutil.which("chromedriver"):
-        return {}
-    app = create_app(runs_dir.parent / "data", runs_dir, runs_dir.parent / "cache", write_demo=False)
-    server = Server(app)
     opts = Options()
     opts.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
                 "--disable-background-networking", "--window-size=1400,1000"):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts)
+    return webdriver.Chrome(options=opts)
+
+
+def browser(runs_dir: Path, run_id: str, view, repeats: int) -> dict:
+    """Click-to-drawn times in headless Chromium: the value is set through ``dash_clientside.set_props``
+    and the clock stops at the graph's next ``plotly_afterplot`` (request + callback + WebGL redraw)."""
+    import shutil
+    from app.main import create_app
+    if not shutil.which("chromedriver"):
+        return {}
+    app = create_app(runs_dir.parent / "data", runs_dir, runs_dir.parent / "cache", write_demo=False)
+    server = Server(app)
+    driver = chromium()
     measure = """
         const [id, value, graphIndex, done] = arguments;
         const gd = document.querySelectorAll('.js-plotly-plot')[graphIndex];
@@ -266,19 +271,12 @@ def interact(runs_dir: Path, run_id: str, view, repeats: int, design: str) -> di
     """Median / max ms in headless Chromium of the embedding's interactions with ``design``
     ("raster" or "scatter", forced through ``app.raster.RASTER_ABOVE``), and the server's RSS."""
     import psutil
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
     from app.main import create_app
     saved = raster.RASTER_ABOVE
     raster.RASTER_ABOVE = 0 if design == "raster" else 10**9
     app = create_app(runs_dir.parent / "data", runs_dir, runs_dir.parent / "cache", write_demo=False)
     server = Server(app)
-    opts = Options()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-                "--disable-background-networking", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts)
+    driver = chromium()
     redraw = """
         const [id, value, done] = arguments;
         const gd = document.querySelector('.js-plotly-plot');

@@ -22,6 +22,17 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_for(predicate, timeout=60.0, poll=0.25):
+    """The first truthy value of ``predicate()``, polled every ``poll`` s for ``timeout`` s; else None."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    return None
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 import synthetic_run
-from live_server import DashClient, declared_upload, free_port, start_server, stop_server
+from live_server import DashClient, declared_upload, free_port, start_server, stop_server, wait_for
 
 UPLOAD_MB = 5
 
@@ -63,16 +63,6 @@ def files_under(folder: Path) -> set[str]:
 
 def text(value) -> str:
     return json.dumps(value)
-
-
-def wait_for(predicate, timeout=60.0, poll=0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    return None
 
 
 def upload(url, name, body, headers=None):

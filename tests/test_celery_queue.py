@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from live_server import DashClient, free_port
+from live_server import DashClient, free_port, wait_for
 
 import scmm.demo
 from app import celery_queue, jobs
@@ -35,16 +35,6 @@ TIMEOUT_S = 5.0        # the app's heartbeat timeout
 WORKER = "pytest-gpu@lab"
 #: a few seconds of training: 300 cells, 100 genes, no warm-up, no analysis
 FAST = dict(n_top_genes=100, batch_size=64, min_steps=1, warmup_steps=0)
-
-
-def wait_for(predicate, timeout=60.0, poll=0.25):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    return None
 
 
 def text(value) -> str:
