@@ -6,8 +6,9 @@ per cell: in headless Chromium with software WebGL (no GPU), a Scattergl colour 
 1.06 s and a lasso 5.4 s at 100,000 cells, the image 0.17 s and 0.27 s at 1,000,000
 (bench/app_latency.py --interact).
 Each pixel takes the colour of the group with the most cells in it
-(categorical colours) or of the mean of its cells' values (numbers); pixels
-whose cells have no value are grey.  Hovering names the nearest cell (a
+(categorical colours; a sort-based mode, so a thousand clusters cost no more
+memory than ten) or of the mean of its cells' values (numbers, by datashader);
+pixels whose cells have no value are grey.  Hovering names the nearest cell (a
 ``cKDTree``, built once per embedding) and a lasso is tested against every
 cell (:meth:`app.data_access.RunView.cells_in_polygon`).  Everything the
 browser sends (ranges, positions) is checked here before it is used.
@@ -31,6 +32,8 @@ RASTER_ABOVE = 30_000
 DEFAULT_SIZE, MIN_SIDE, MAX_SIDE = (900, 470), 50, 2000
 #: screen pixels per bin of the invisible hover / lasso layer
 HIT_PX = 4
+#: pixels x groups up to which a categorical image is tallied densely (else sorted: memory ~ cells)
+DENSE_TALLY = 16_000_000
 #: grey of pixels whose cells have no value
 MISSING = (190, 190, 190)
 
@@ -123,19 +126,51 @@ class Points:
         dist, i = self.tree.query([_finite(x), _finite(y)], distance_upper_bound=radius)
         return int(i) if np.isfinite(dist) else None
 
-    def aggregate(self, bounds, size, codes=None, n_groups: int = 0, values=None):
-        """Per-pixel aggregates of the cells inside ``bounds`` (rows bottom to top), by datashader:
-        counts by group ``(h, w, n_groups + 1)`` for ``codes`` (-1, missing, counted last),
-        ``(counts (h, w), means (h, w))`` for ``values``."""
+    def pixels(self, bounds, size) -> tuple[np.ndarray, np.ndarray]:
+        """(indices of the cells inside ``bounds``, their flat pixel index, rows bottom to top), with
+        datashader's binning (a cell on the upper edge goes into the last pixel)."""
+        x0, x1, y0, y1 = bounds
+        w, h = size
+        x, y = self.xy[:, 0].astype(np.float64), self.xy[:, 1].astype(np.float64)
+        inside = np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+        x, y = x[inside], y[inside]
+        col = np.where(x == x1, w - 1, ((x - x0) * (w / (x1 - x0))).astype(np.int64))
+        row = np.where(y == y1, h - 1, ((y - y0) * (h / (y1 - y0))).astype(np.int64))
+        return inside, np.clip(row, 0, h - 1) * w + np.clip(col, 0, w - 1)
+
+    def group_mode(self, bounds, size, codes, n_groups: int, shown=None):
+        """Per pixel (rows bottom to top): the number of cells ``(h, w)`` and the group with the most
+        of them ``(h, w)`` (ties: the lower code; codes outside ``0..n_groups-1`` count as group
+        ``n_groups``, "no group"; -1 where the pixel is empty), of the ``shown`` groups only (all
+        when None).  Sort-based, so memory grows with the cells, not cells x groups."""
+        inside, pixel = self.pixels(bounds, size)
+        codes = np.asarray(codes, dtype=np.int64)[inside]
+        codes = np.where((codes < 0) | (codes >= n_groups), n_groups, codes)
+        if shown is not None:
+            keep = np.isin(codes, list(shown))
+            codes, pixel = codes[keep], pixel[keep]
+        w, h = size
+        if w * h * (n_groups + 1) <= DENSE_TALLY:                # few groups: one dense tally
+            tally = np.bincount(pixel * (n_groups + 1) + codes, minlength=w * h * (n_groups + 1))
+            tally = tally.reshape(w * h, n_groups + 1)
+            counts = tally.sum(axis=1)
+            top = np.where(counts > 0, tally.argmax(axis=1), -1)
+            return counts.reshape(h, w), top.reshape(h, w)
+        counts = np.bincount(pixel, minlength=w * h).reshape(h, w)
+        pairs, n = np.unique(pixel * (n_groups + 1) + codes, return_counts=True)
+        pair_pixel, pair_group = pairs // (n_groups + 1), pairs % (n_groups + 1)
+        best = np.lexsort((pair_group, -n, pair_pixel))          # per pixel: most cells, then lowest code
+        first = best[np.r_[True, pair_pixel[best][1:] != pair_pixel[best][:-1]]] if len(best) else best
+        top = np.full(w * h, -1, dtype=np.int64)
+        top[pair_pixel[first]] = pair_group[first]
+        return counts, top.reshape(h, w)
+
+    def mean_values(self, bounds, size, values):
+        """Per pixel (rows bottom to top), by datashader: the number of cells ``(h, w)`` and the mean of
+        their finite ``values`` ``(h, w)`` (NaN where none)."""
         import datashader as ds
         x0, x1, y0, y1 = bounds
         canvas = ds.Canvas(plot_width=size[0], plot_height=size[1], x_range=(x0, x1), y_range=(y0, y1))
-        if codes is not None:
-            codes = np.asarray(codes, dtype=np.int64)
-            codes = np.where((codes < 0) | (codes >= n_groups), n_groups, codes)
-            cats = pd.Categorical.from_codes(codes, categories=range(n_groups + 1))
-            agg = canvas.points(self.frame.assign(c=cats), "x", "y", ds.by("c", ds.count()))
-            return np.asarray(agg.data)
         frame = self.frame.assign(v=np.asarray(values, dtype=np.float32))
         agg = canvas.points(frame, "x", "y", ds.summary(n=ds.count(), mean=ds.mean("v")))
         return np.asarray(agg["n"].data), np.asarray(agg["mean"].data)
@@ -161,17 +196,13 @@ def _lut(colorscale: str) -> np.ndarray:
                     dtype=np.uint8)
 
 
-def categorical_image(counts, colours, shown=None) -> np.ndarray:
-    """RGBA image (top row first) of :meth:`Points.aggregate`'s group counts: each pixel the colour
-    of the group with the most cells in it (ties: the first group; cells without a group last, grey),
-    of the ``shown`` groups only (all when None); empty pixels transparent."""
-    if shown is not None:
-        counts = counts.copy()
-        counts[..., ~np.isin(np.arange(counts.shape[2]), list(shown))] = 0
+def categorical_image(counts, top, colours) -> np.ndarray:
+    """RGBA image (top row first) of :meth:`Points.group_mode`: each pixel the colour of its most
+    frequent group (cells without a group: grey); empty pixels transparent."""
     lut = np.array([_rgb(c) for c in colours] + [MISSING], dtype=np.uint8)
-    rgba = np.zeros(counts.shape[:2] + (4,), dtype=np.uint8)
-    rgba[..., :3] = lut[counts.argmax(axis=2)]
-    rgba[..., 3] = np.where(counts.sum(axis=2) > 0, 255, 0)
+    rgba = np.zeros(counts.shape + (4,), dtype=np.uint8)
+    rgba[..., :3] = lut[np.maximum(top, 0)]
+    rgba[..., 3] = np.where(counts > 0, 255, 0)
     return rgba[::-1]
 
 
@@ -199,7 +230,7 @@ def render(points: Points, colouring: dict, scale: dict, bounds, size, shown=Non
     """The PNG data URI of ``points`` inside ``bounds`` at ``size`` pixels, coloured as
     ``colouring`` (:meth:`app.data_access.RunView.colour`) on ``scale`` (:func:`app.figures.colour_scale`)."""
     if colouring["kind"] == "categorical":
-        counts = points.aggregate(bounds, size, codes=colouring["values"], n_groups=len(scale["colours"]))
-        return png_uri(categorical_image(counts, scale["colours"], shown))
-    counts, means = points.aggregate(bounds, size, values=colouring["values"])
+        counts, top = points.group_mode(bounds, size, colouring["values"], len(scale["colours"]), shown)
+        return png_uri(categorical_image(counts, top, scale["colours"]))
+    counts, means = points.mean_values(bounds, size, colouring["values"])
     return png_uri(continuous_image(counts, means, scale["colorscale"], scale["cmin"], scale["cmax"]))

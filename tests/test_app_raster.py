@@ -32,31 +32,53 @@ def inside(xy, bounds):
 
 def test_pixel_counts_sum_to_the_visible_cells(points):
     pts, codes = points
-    counts = pts.aggregate(pts.extent, (200, 150), codes=codes, n_groups=2)
-    assert counts.shape == (150, 200, 3) and counts.sum() == len(codes)
+    counts, top = pts.group_mode(pts.extent, (200, 150), codes, 2)
+    assert counts.shape == top.shape == (150, 200) and counts.sum() == len(codes)
     zoomed = (-7.0, -3.0, -7.0, -3.0)
-    n, means = pts.aggregate(zoomed, (100, 80), values=np.ones(len(codes)))
+    n, means = pts.mean_values(zoomed, (100, 80), np.ones(len(codes)))
     assert n.sum() == inside(pts.xy, zoomed).sum()  # only the visible range is drawn
     assert np.allclose(means[n > 0], 1) and np.isnan(means[n == 0]).all()
+    counts, _ = pts.group_mode(zoomed, (100, 80), codes, 2)
+    np.testing.assert_array_equal(counts, n)        # the same pixels as datashader's binning
+
+
+def test_each_pixel_takes_its_most_frequent_group_at_any_number_of_groups(monkeypatch):
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 1, (20000, 2)).astype(np.float32)
+    codes = rng.integers(-1, 1500, len(xy))                # 1,500 groups, some cells without one
+    pts, size = raster.Points(xy), (40, 30)
+    counts, top = pts.group_mode((0, 1, 0, 1), size, codes, 1500)
+    inside_, pixel = pts.pixels((0, 1, 0, 1), size)
+    groups = np.where(codes < 0, 1500, codes)[inside_]
+    for p in rng.choice(size[0] * size[1], 50, replace=False):
+        tally = np.bincount(groups[pixel == p], minlength=1501)
+        assert counts.flat[p] == tally.sum() and top.flat[p] == tally.argmax()   # argmax: lowest code on ties
+    _, only = pts.group_mode((0, 1, 0, 1), size, codes, 1500, shown=[7])
+    assert set(np.unique(only)) <= {-1, 7}
+    sparse = pts.group_mode((0, 1, 0, 1), size, codes % 30, 30)
+    monkeypatch.setattr(raster, "DENSE_TALLY", 0)          # the sorted path gives the dense path's answer
+    for mine, dense in zip(pts.group_mode((0, 1, 0, 1), size, codes % 30, 30), sparse):
+        np.testing.assert_array_equal(mine, dense)
 
 
 def test_a_groups_colour_appears_where_its_cells_are(points):
     pts, codes = points
-    counts = pts.aggregate(pts.extent, (100, 100), codes=codes, n_groups=2)
-    rgba = raster.categorical_image(counts, ["#ff0000", "#0000ff"])
+    counts, top = pts.group_mode(pts.extent, (100, 100), codes, 2)
+    rgba = raster.categorical_image(counts, top, ["#ff0000", "#0000ff"])
     x0, x1, y0, y1 = pts.extent
     col = lambda x: int((x - x0) / (x1 - x0) * 100)  # noqa: E731
     row = lambda y: 99 - int((y - y0) / (y1 - y0) * 100)  # noqa: E731  (image rows run top to bottom)
     assert tuple(rgba[row(-5), col(-5)]) == (255, 0, 0, 255)
     assert tuple(rgba[row(5), col(5)]) == (0, 0, 255, 255)
     assert rgba[row(5), col(-5), 3] == 0  # no cells there: transparent
-    hidden = raster.categorical_image(counts, ["#ff0000", "#0000ff"], shown=[1])
+    hidden = raster.categorical_image(*pts.group_mode(pts.extent, (100, 100), codes, 2, shown=[1]),
+                                      ["#ff0000", "#0000ff"])
     assert hidden[row(-5), col(-5), 3] == 0 and tuple(hidden[row(5), col(5)]) == (0, 0, 255, 255)
 
 
 def test_continuous_pixels_take_the_mean_on_the_scatters_scale():
     pts = raster.Points(np.array([[0, 0], [0, 0], [1, 1], [2, 2]], dtype=np.float32))
-    counts, means = pts.aggregate((-0.5, 2.5, -0.5, 2.5), (3, 3), values=[1.0, 3.0, np.nan, 4.0])
+    counts, means = pts.mean_values((-0.5, 2.5, -0.5, 2.5), (3, 3), [1.0, 3.0, np.nan, 4.0])
     assert means[0, 0] == 2.0 and counts[1, 1] == 1 and np.isnan(means[1, 1])
     rgba = raster.continuous_image(counts, means, "Viridis", 0.0, 4.0)[::-1]
     lut = raster._lut("Viridis")
