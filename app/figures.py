@@ -101,6 +101,10 @@ def loss_curve(history: list[dict], title: str = "Loss") -> go.Figure:
 
 
 # --------------------------------------------------------------- embeddings
+#: categories named on a colour bar (and labelled on the plot); above, the bar has no tick labels
+NAMED_GROUPS = 60
+
+
 def colour_scale(values, kind: str, label: str, categories=None, palette=None) -> dict:
     """The colour scale of a colouring, shared by the scatter and the raster image.
 
@@ -108,7 +112,8 @@ def colour_scale(values, kind: str, label: str, categories=None, palette=None) -
     values (integer codes into ``categories``) a stepped scale with the category
     names on the colour bar and ``colours`` one colour per category; for
     ``"continuous"`` ones Viridis, or a diverging scale centred on 0 when the
-    values take both signs (as latent dimensions do), and ``colours`` None.
+    values take both signs (as latent dimensions do), and ``colours`` None.  Above
+    ``NAMED_GROUPS`` categories the colour bar names none of them (its title says how many).
     """
     if kind == "categorical":
         categories = [str(c) for c in (categories if categories is not None else np.unique(values))]
@@ -118,8 +123,12 @@ def colour_scale(values, kind: str, label: str, categories=None, palette=None) -
         scale = []
         for i, c in enumerate(colours):
             scale += [[i / k, c], [(i + 1) / k, c]]
-        colorbar = {"title": {"text": label}, "tickvals": list(range(k)), "ticktext": categories,
-                    "lenmode": "fraction", "len": 0.9}
+        if k <= NAMED_GROUPS:
+            colorbar = {"title": {"text": label}, "tickvals": list(range(k)), "ticktext": categories,
+                        "lenmode": "fraction", "len": 0.9}
+        else:  # too many names to read, and each tick label costs the browser a measurement per redraw
+            colorbar = {"title": {"text": f"{label}<br>({k:,} groups,<br>not named here)"},
+                        "showticklabels": False, "ticks": "", "lenmode": "fraction", "len": 0.9}
         return {"colorscale": scale, "cmin": -0.5, "cmax": k - 0.5, "colorbar": colorbar,
                 "colours": colours[:len(categories)], "categories": categories}
     vals = np.asarray(values, dtype=np.float32)
@@ -171,7 +180,7 @@ def draw_order(values, diverging: bool = False) -> np.ndarray:
     return np.argsort(np.where(np.isfinite(key), key, -np.inf), kind="stable")
 
 
-def group_labels(xy, codes, categories, max_groups: int = 60) -> list[dict]:
+def group_labels(xy, codes, categories, max_groups: int = NAMED_GROUPS) -> list[dict]:
     """Annotations naming each group at the median position of its cells (none past ``max_groups``)."""
     codes = np.asarray(codes)
     if len(categories) > max_groups:

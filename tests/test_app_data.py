@@ -264,3 +264,15 @@ def test_the_embeddings_page_names_the_atlas_scale_approximations(tmp_path):
     mdata.uns["scmm_cluster_params"] = {"neighbors": "exact"}
     mdata.write(run_dir / "results.h5mu")
     assert data_access.get_run(run_dir).approximation_notes() == []
+
+
+def test_the_group_list_keeps_every_group_shown_when_too_long_to_list():
+    codes = np.arange(300)
+    c = {"kind": "categorical", "values": codes, "categories": [str(i) for i in codes]}
+    spec = {"groups": [(str(i), "#000000") for i in codes]}
+    options, value, _ = embeddings.group_legend(c, spec)
+    assert len(options) == 1 and options[0]["disabled"] and "300 groups" in options[0]["label"]
+    assert value == list(range(300))
+    options, value, _ = embeddings.group_legend(c | {"values": codes[:5], "categories": c["categories"][:5]},
+                                                {"groups": spec["groups"][:5]})
+    assert len(options) == 5 and value == [0, 1, 2, 3, 4]

@@ -128,3 +128,11 @@ def test_for_export_turns_webgl_into_svg_traces():
     assert isinstance(out, go.Figure)
     with pytest.raises(ValueError):
         figures.to_image(fig, "gif")
+
+
+def test_a_colour_bar_names_groups_only_while_they_are_readable():
+    few = figures.colour_scale(np.arange(5), "categorical", "cluster", [str(i) for i in range(5)])
+    assert few["colorbar"]["ticktext"] == ["0", "1", "2", "3", "4"]
+    many = figures.colour_scale(np.arange(1000), "categorical", "cluster", [str(i) for i in range(1000)])
+    assert "ticktext" not in many["colorbar"] and many["colorbar"]["showticklabels"] is False
+    assert "1,000 groups" in many["colorbar"]["title"]["text"] and len(many["colours"]) == 1000

@@ -201,15 +201,23 @@ def raster_colour_patch(view, emb_label: str, colour: str, bounds, size) -> tupl
     return patch, c, scale
 
 
+#: groups listed in the checklist (each can be hidden); above, the list says how many there are
+LISTED_GROUPS = 200
+
+
 def group_legend(c: dict, spec: dict) -> tuple[list, list, dict]:
     """(options, value, style) of the group checklist: one coloured entry per group, with its cell count."""
     if c["kind"] != "categorical":
         return [], [], {"display": "none"}
+    style = {"maxHeight": "260px", "overflowY": "auto"}
+    if len(spec["groups"]) > LISTED_GROUPS:  # every group stays shown; the list would cost seconds a draw
+        note = f"{len(spec['groups']):,} groups: too many to list for hiding"
+        return [{"label": note, "value": -1, "disabled": True}], list(range(len(spec["groups"]))), style
     counts = np.bincount(np.asarray(c["values"])[np.asarray(c["values"]) >= 0], minlength=len(c["categories"]))
     options = [{"label": html.Span([html.Span(className="legend-swatch", style={"backgroundColor": colr}),
                                     f" {name} ({counts[i]:,})"]), "value": i}
                for i, (name, colr) in enumerate(spec["groups"])]
-    return options, list(range(len(options))), {"maxHeight": "260px", "overflowY": "auto"}
+    return options, list(range(len(options))), style
 
 
 def export_figure(cfg, run_id, emb_label, colour, shown=None):
