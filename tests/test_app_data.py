@@ -276,3 +276,23 @@ def test_the_group_list_keeps_every_group_shown_when_too_long_to_list():
     options, value, _ = embeddings.group_legend(c | {"values": codes[:5], "categories": c["categories"][:5]},
                                                 {"groups": spec["groups"][:5]})
     assert len(options) == 5 and value == [0, 1, 2, 3, 4]
+
+
+def test_a_run_with_many_clusters_lists_the_largest_for_naming_and_keeps_the_others_names(tmp_path, monkeypatch):
+    from scmm import runfolder
+    from app.main import create_app
+    monkeypatch.setattr(embeddings, "LISTED_GROUPS", 3)
+    run = synthetic.make_run(tmp_path / "runs" / "many", n_cells=300, n_genes=30)
+    view = data_access.get_run(run)
+    clusters = view.mdata.obs["scmm_cluster"].astype(str)
+    sizes = clusters.value_counts()
+    assert len(sizes) > 3
+    unlisted = sizes.index[-1]
+    runfolder.write_annotation(run, {unlisted: "rare type"})
+    card = str(embeddings.naming_card(data_access.get_run(run)))
+    assert f"the 3 largest of {len(sizes)} clusters" in card and card.count("'cl-name'") == 3
+    app = create_app(tmp_path / "data", run.parent, tmp_path / "cache", write_demo=False, schedule=False)
+    save = next(v["callback"] for k, v in app.callback_map.items() if k.startswith("..cl-msg.children"))
+    listed = list(sizes.index[:3])
+    save.__wrapped__(1, ["big one", "", ""], [{"role": "cl-name", "c": c} for c in listed], "many")
+    assert runfolder.read_annotation(run) == {listed[0]: "big one", unlisted: "rare type"}

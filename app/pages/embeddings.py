@@ -127,11 +127,15 @@ def naming_card(view) -> dbc.Card:
     clusters = view.mdata.obs[CLUSTER_KEY].astype(str)
     counts = clusters.value_counts()
     order = sorted(counts.index, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+    listed = sorted(order, key=lambda c: -counts[c])[:LISTED_GROUPS]
+    omitted = "" if len(listed) == len(order) else (
+        f" — the {len(listed)} largest of {len(order):,} clusters are listed; the others keep their names")
+    order = [c for c in order if c in set(listed)]
     rows = [html.Tr([html.Td(c), html.Td(f"{counts[c]:,}"),
                      html.Td(dbc.Input(id={"role": "cl-name", "c": c}, value=view.annotation.get(c, ""),
                                        size="sm", maxLength=100, placeholder="name"))]) for c in order]
     return dbc.Card([
-        dbc.CardHeader("Name the clusters (the same name on several clusters merges them)"),
+        dbc.CardHeader("Name the clusters (the same name on several clusters merges them)" + omitted),
         dbc.CardBody([
             dbc.Table([html.Thead(html.Tr([html.Th("cluster"), html.Th("cells"), html.Th("name")])),
                        html.Tbody(rows)], size="sm", className="small", style={"maxWidth": "520px"}),
@@ -373,6 +377,7 @@ def register(app, cfg) -> None:
         known = set(view.mdata.obs[CLUSTER_KEY].astype(str)) if CLUSTER_KEY in view.mdata.obs else set()
         chosen = {i.get("c"): n for i, n in zip(ids, names) if isinstance(i, dict) and i.get("c") in known
                   and isinstance(n, str)}
+        chosen = {**{c: n for c, n in view.annotation.items() if c in known}, **chosen}  # unlisted keep theirs
         try:
             runfolder.write_annotation(view.path, chosen)
         except (ValueError, OSError) as err:
