@@ -89,9 +89,11 @@ def analysis_stages(memory: Memory, run_dir: Path) -> dict:
         memory.stage_peak = memory.process.memory_info().rss
 
     summary = memory.stage("analyze (all steps)", analyze, run_dir, progress=progress)
-    for (step, t0, _), (_, t1, peak) in zip(marks, marks[1:]):
-        memory.rows.append({"stage": f"analyze: {step}", "seconds": round(t1 - t0, 2),
-                            "peak_gb": round(peak / 2**30, 2)})
+    steps = [{"stage": f"analyze: {step}", "seconds": round(t1 - t0, 2), "peak_gb": round(peak / 2**30, 2)}
+             for (step, t0, _), (_, t1, peak) in zip(marks, marks[1:])]
+    whole = memory.rows[-1]  # the progress callback restarted the stage's peak at each step
+    whole["peak_gb"] = max([whole["peak_gb"]] + [row["peak_gb"] for row in steps])
+    memory.rows.extend(steps)
     return summary
 
 
