@@ -169,7 +169,7 @@ def colour_spec(values, kind: str, label: str, categories=None, palette=None) ->
     order = draw_order(vals, scale["colorscale"] == DIVERGING)
     marker["color"] = typed(vals[order])
     hover = f"%{{text}}<br>{label}: %{{customdata:.3g}}<extra></extra>"
-    return {"marker": marker, "customdata": typed(vals[order]), "hovertemplate": hover, "order": order}
+    return {"marker": marker, "customdata": marker["color"], "hovertemplate": hover, "order": order}
 
 
 def draw_order(values, diverging: bool = False) -> np.ndarray:

@@ -16,6 +16,11 @@ def note(n_cells: int) -> str:
             "Hovering names the nearest cell; a lasso or box selects every cell inside it.")
 
 
+def scale(c: dict) -> dict:
+    """:func:`app.figures.colour_scale` of a colouring ``c`` (:meth:`app.data_access.RunView.colour`)."""
+    return figures.colour_scale(c["values"], c["kind"], c["label"], c.get("categories"))
+
+
 def pixels(screen) -> tuple[int, int]:
     """The image's size in pixels: the plot area of the graph as measured in the browser (its
     card's ``export-screen`` store, untrusted) less margins and colour bar, bounded; else the default."""

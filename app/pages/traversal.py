@@ -238,8 +238,7 @@ def traversal_umap(view, trav, dim: int, step: int):
     c = view.colour(f"z:{dim}")
     title = f"joint UMAP coloured by z{dim + 1}; ★ the traversal value"
     if raster.rasterised(view.n_cells):  # an image of the cells, said in the title (app.raster)
-        scale = figures.colour_scale(c["values"], c["kind"], c["label"])
-        fig = raster_view.figure(view, key, c, scale, raster.DEFAULT_SIZE,
+        fig = raster_view.figure(view, key, c, raster_view.scale(c), raster.DEFAULT_SIZE,
                                  f"{title} (rasterised image of {view.n_cells:,} cells)", axes, f"{view.id}:trav")
     else:
         fig = figures.embedding(view.coords(key), figures.colour_spec(c["values"], c["kind"], c["label"]),
