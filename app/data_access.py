@@ -26,6 +26,7 @@ from scmm import runfolder
 from scmm.normalise import library_scale
 from scmm.runfolder import (CLUSTER_KEY, LATENT_KEY, LIBRARY_KEY, SPLIT_KEY, UMAP_KEY, latent_key,
                             umap_key)
+from scmm.tl.analysis import CLUSTER_PARAMS, DEFAULT_CLUSTER_ON
 from scmm.tl.traversal import CACHE_NAME as TRAVERSAL_CACHE
 from scmm.tl.traversal import Traversal
 
@@ -307,9 +308,9 @@ class RunView:
     @functools.cached_property
     def cluster_column_label(self) -> str:
         """"cluster", or "cluster (<rep> latent)" when ``scmm analyze --cluster-on`` chose another
-        representation than the joint latent (read from ``uns``, validated)."""
-        on = _uns_str(self.mdata.uns.get("scmm_cluster_params"), "cluster_on")
-        if on and on != "joint" and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", on):
+        representation than the default (read from ``uns``, validated)."""
+        on = _uns_str(self.mdata.uns.get(CLUSTER_PARAMS), "cluster_on")
+        if on and on != DEFAULT_CLUSTER_ON and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", on):
             return f"cluster ({on} latent)"
         return "cluster"
 

@@ -69,6 +69,17 @@ def train_model(mdata, args, progress=True):
     return model, result, time.perf_counter() - tic
 
 
+def saved_model(run, mdata):
+    """A run saved by ``--save-runs``, checked to hold ``mdata``'s cells and split, as ``train_model``
+    returns it (no training time)."""
+    model = scmm.SCMM.load(run)
+    if model.mdata is None or list(model.mdata.obs_names) != list(mdata.obs_names):
+        raise SystemExit(f"{run} does not hold the same cells as this subsample")
+    if not (model.mdata.obs["scmm_split"].astype(str) == mdata.obs["scmm_split"].astype(str)).all():
+        raise SystemExit(f"{run} has another train/test split than this subsample")
+    return model, {"history": model.history, "best_epoch": None, "status": model.status}, None
+
+
 def protein_gates(prot_counts, names, seed=0) -> np.ndarray:
     """Reference cell types of a PBMC CITE-seq set gated on CLR protein ("" when no single gate fits)."""
     x = clr(prot_counts)
@@ -162,10 +173,14 @@ def bench_small(dataset: str, n_cells: int, args) -> dict:
     other = "prot" if dataset == "cite" else "atac"
     labels = protein_gates(mdata["prot"].X, list(mdata["prot"].var_names), args.seed) if dataset == "cite" \
         else mdata.obs["cell_type"].astype(str).to_numpy()
-    model, result, seconds = train_model(mdata, args, progress=False)
+    name = f"{dataset}-{n_cells}-seed{args.seed}"
+    if args.from_runs:
+        model, result, seconds = saved_model(Path(args.from_runs) / f"{name}{args.run_tag}", mdata)
+    else:
+        model, result, seconds = train_model(mdata, args, progress=False)
     latents = model.get_latent()
     if args.save_runs:
-        model.save(Path(args.save_runs) / f"{dataset}-{n_cells}-seed{args.seed}{args.tag}")
+        model.save(Path(args.save_runs) / f"{name}{args.tag}")
     train = (mdata.obs["scmm_split"] == "train").to_numpy()
     test = ~train
     rna_pcs = lognorm_pcs(mdata["rna"].X, train, n_pcs=min(50, int(train.sum()) - 1), seed=args.seed)
@@ -176,11 +191,12 @@ def bench_small(dataset: str, n_cells: int, args) -> dict:
             "rna_pca50": rna_pcs,
             f"rna_pca50+{'clr_prot' if dataset == 'cite' else 'atac_lsi50'}":
                 np.hstack([scaled(rna_pcs), scaled(second)])}
-    row = {"dataset": dataset, "n_cells": int(mdata.n_obs), "seed": args.seed,
+    row = {"dataset": dataset, "n_cells": int(mdata.n_obs), "seed": args.seed, "latent_dim": model.latent_dim,
            "n_labelled": int((labels != "").sum()), "n_types": int(len(set(labels) - {""})),
            "steps_per_epoch": max(1, int(train.sum()) // model.settings.batch_size),
            "epochs_run": len(result["history"]), "best_epoch": result["best_epoch"],
-           "status": result["status"], "train_seconds": round(seconds, 1),
+           "status": result["status"], "train_seconds": seconds and round(seconds, 1),
+           **({"from_run": str(Path(args.from_runs) / f"{name}{args.run_tag}")} if args.from_runs else {}),
            "leiden": leiden_scores(mdata, reps, labels, args.seed)}
     if args.resolutions:
         row["sweep"] = resolution_sweep(mdata, reps, labels, args.seed,
@@ -254,6 +270,9 @@ def main() -> None:
                         help="small-data table: also Leiden over these resolutions (comma-separated)")
     parser.add_argument("--save-runs", default=None,
                         help="small-data table: save each trained model as a run folder here")
+    parser.add_argument("--from-runs", default=None,
+                        help="small-data table: score the runs saved there by --save-runs instead of training")
+    parser.add_argument("--run-tag", default="", help="with --from-runs: the --tag the runs were saved with")
     parser.add_argument("--tag", default="", help="suffix of the output file")
     parser.add_argument("--summarise", nargs="+", metavar="JSONL", default=None,
                         help="print the markdown table of small-data rows (label=file.jsonl ...)")

@@ -103,7 +103,7 @@ def test_cli_help(command, capsys):
     assert "usage: scmm " + command in capsys.readouterr().out
 
 
-def test_analyze_clusters_the_chosen_representation(tmp_path):
+def test_analyze_clusters_the_chosen_representation_and_the_explorer_names_it(tmp_path):
     import shutil
 
     import numpy as np
@@ -111,13 +111,20 @@ def test_analyze_clusters_the_chosen_representation(tmp_path):
     from scmm.tl import cluster
     from scmm.tl.analysis import cluster_representation
     from _tl_data import saved_run
+    from app import data_access
     run = tmp_path / "run"
     shutil.copytree(saved_run(), run)
+    assert scmm.cli.main(["analyze", str(run), "--no-umap", "--quiet"]) == 0   # the default: the joint latent
+    mdata = md.read_h5mu(run / "results.h5mu")
+    assert mdata.uns["scmm_cluster_params"]["cluster_on"] == "joint"
+    joint = cluster(mdata, key_added="joint")
+    assert (joint.to_numpy() == mdata.obs["scmm_cluster"].to_numpy()).all()
+    assert data_access.get_run(run).cluster_column_label == "cluster"
+
     assert scmm.cli.main(["analyze", str(run), "--cluster-on", "concat", "--no-umap", "--quiet"]) == 0
     mdata = md.read_h5mu(run / "results.h5mu")
     summary = json.loads((run / "analysis" / "summary.json").read_text())
     assert summary["cluster_params"]["cluster_on"] == "concat"
-    from app import data_access
     view = data_access.get_run(run)
     assert view.cluster_column_label == "cluster (concat latent)"
     assert {"label": "cluster (concat latent)", "value": "obs:scmm_cluster"} in view.colour_options()
@@ -129,12 +136,19 @@ def test_analyze_clusters_the_chosen_representation(tmp_path):
     mdata.obsm["X_expected"] = side_by_side
     expected = cluster(mdata, use_rep="X_expected", key_added="expected")
     assert (expected.to_numpy() == mdata.obs["scmm_cluster"].to_numpy()).all()
-    joint = cluster(mdata, key_added="joint")
     assert summary["n_clusters"] == expected.nunique() and not (joint.to_numpy() == expected.to_numpy()).all()
-    np.testing.assert_array_equal(cluster_representation(mdata, ["rna", "prot"], "prot"), mdata.obsm["X_scmm_prot"])
+
+    assert scmm.cli.main(["cluster", str(run), "--cluster-on", "prot"]) == 0   # the lower-level command too
+    mdata = md.read_h5mu(run / "results.h5mu")
+    assert mdata.uns["scmm_cluster_params"]["cluster_on"] == "prot"
+    mdata.obsm["X_expected"] = mdata.obsm["X_scmm_prot"]
+    assert (cluster(mdata, use_rep="X_expected", key_added="expected").to_numpy()
+            == mdata.obs["scmm_cluster"].to_numpy()).all()
+    assert data_access.get_run(run).cluster_column_label == "cluster (prot latent)"
     with pytest.raises(ValueError, match="'joint', 'concat' or a modality"):
         cluster_representation(mdata, ["rna", "prot"], "atac")
     assert scmm.cli.main(["analyze", str(run), "--cluster-on", "atac", "--no-umap", "--quiet"]) == 2
+    assert scmm.cli.main(["cluster", str(run), "--cluster-on", "atac"]) == 2
 
 
 def test_analyze_switches_the_atlas_scale_approximations_and_the_explorer_says_so(tmp_path):

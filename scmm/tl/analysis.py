@@ -29,6 +29,8 @@ from .umaps import PARAMS_KEY as UMAP_PARAMS, umap as run_umap
 
 CLUSTER_INPUT = "X_cluster_input"  # obsm key of the clustered representation while clustering
 CLUSTER_PARAMS = "scmm_cluster_params"  # uns: how the clusters were made (the explorer names the latent)
+#: what ``analyze`` clusters by default: the joint latent, as the paper (docs/bench/small-data.md compares)
+DEFAULT_CLUSTER_ON = "joint"
 
 
 def write_results(mdata, run_dir) -> Path:
@@ -55,11 +57,11 @@ def _json_safe(value):
 def cluster_representation(mdata, names: list[str], cluster_on: str) -> np.ndarray:
     """The cells' representation that ``analyze`` clusters.
 
-    ``"joint"``: the joint latent ``X_scmm``, the mean of the modality posterior
-    locations (the paper's); ``"concat"``: the modality locations side by side
-    (cells x modalities*D), which keeps what one modality's encoder separates
-    when another's is weaker instead of averaging it away; a modality name:
-    that modality's latent alone.
+    ``"joint"`` (the default): the joint latent ``X_scmm``, the mean of the
+    modality posterior locations (the paper's); ``"concat"``: the locations side
+    by side (cells x modalities*D), which keeps what one modality's encoder
+    separates when another's is weaker instead of averaging it away; a modality
+    name: that modality's latent alone.
     """
     if cluster_on == "joint":
         return np.asarray(mdata.obsm[latent_key()])
@@ -71,9 +73,23 @@ def cluster_representation(mdata, names: list[str], cluster_on: str) -> np.ndarr
                      f"not {cluster_on!r}")
 
 
+def cluster_cells(mdata, names: list[str], cluster_on: str = DEFAULT_CLUSTER_ON, **options) -> pd.Series:
+    """:func:`scmm.tl.cluster` on :func:`cluster_representation` (``options``: its settings);
+    the representation is recorded as ``cluster_on`` in ``uns['scmm_cluster_params']``."""
+    mdata.obsm[CLUSTER_INPUT] = cluster_representation(mdata, names, cluster_on)
+    try:
+        labels = cluster(mdata, use_rep=CLUSTER_INPUT, **options)
+    finally:
+        del mdata.obsm[CLUSTER_INPUT]
+    params = dict(mdata.uns.get(CLUSTER_PARAMS, {}))
+    params["cluster_on"] = cluster_on
+    mdata.uns[CLUSTER_PARAMS] = params
+    return labels
+
+
 def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str = "leiden",
             seed: int = 0, n_markers: int = 5, umap: bool = True, progress=None,
-            device: str | None = None, cluster_on: str = "joint", neighbors: str = "auto",
+            device: str | None = None, cluster_on: str = DEFAULT_CLUSTER_ON, neighbors: str = "auto",
             umap_fit_cells="auto") -> dict:
     """Cluster, embed, traverse and tabulate a saved run; save everything into ``run_dir``.
 
@@ -108,18 +124,11 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     mdata = model.mdata
     if any(latent_key(m) not in mdata.obsm for m in [None, *model.names]):
         model.get_latent()
-    represented = cluster_representation(mdata, list(model.names), cluster_on)
+    cluster_representation(mdata, list(model.names), cluster_on)  # a bad name fails before any work
     lap("load")
     report("cluster", f"clustering the {cluster_on} latent")
-    mdata.obsm[CLUSTER_INPUT] = represented
-    try:
-        labels = cluster(mdata, use_rep=CLUSTER_INPUT, k=k, resolution=resolution, method=method, seed=seed,
-                         neighbors=neighbors)
-    finally:
-        del mdata.obsm[CLUSTER_INPUT]
-    params = dict(mdata.uns.get(CLUSTER_PARAMS, {}))
-    params["cluster_on"] = cluster_on
-    mdata.uns[CLUSTER_PARAMS] = params
+    labels = cluster_cells(mdata, list(model.names), cluster_on, k=k, resolution=resolution, method=method,
+                           seed=seed, neighbors=neighbors)
     lap("cluster")
     if umap:
         report("umap", "UMAP of each latent")
@@ -153,7 +162,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
         "n_cells": int(mdata.n_obs), "n_clusters": int(n_clusters),
         "cluster_sizes": {str(c): int(v) for c, v in labels.value_counts(sort=False).items()},
         "cluster_digest": labels_digest(labels),
-        "cluster_params": params,
+        "cluster_params": dict(mdata.uns[CLUSTER_PARAMS]),
         "umap_params": mdata.uns.get(UMAP_PARAMS) if umap else None,
         "heatmap_tables": [key for key in tables if key != "similarity"],
         "similarity": tables["similarity"].to_dict(orient="records") if tables else [],

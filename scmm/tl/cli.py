@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 from ..model import SCMM
-from ..runfolder import ANALYSIS_DIR, CLUSTER_KEY, LATENT_KEY
+from ..runfolder import ANALYSIS_DIR, CLUSTER_KEY, latent_key
 from .activity import gene_activity
-from .analysis import analyze, write_results
-from .clustering import cluster
+from .analysis import DEFAULT_CLUSTER_ON, analyze, cluster_cells, write_results
 from .export import associated_table, export_all, export_heatmap
 from .heatmap import heatmap_tables
 from .traversal import traverse
@@ -21,7 +20,7 @@ def _load(run, device=None):
     model = SCMM.load(run, device=device)
     if model.mdata is None:
         raise FileNotFoundError(f"{run} has no results.h5mu: train and save the run first")
-    if LATENT_KEY not in model.mdata.obsm:
+    if any(latent_key(m) not in model.mdata.obsm for m in [None, *model.names]):
         model.get_latent()
     return model
 
@@ -46,8 +45,8 @@ def cmd_analyze(args) -> int:
 
 def cmd_cluster(args) -> int:
     model = _load(args.run, args.device)
-    labels = cluster(model.mdata, use_rep=args.use_rep, k=args.k, resolution=args.resolution,
-                     method=args.method, seed=args.seed)
+    labels = cluster_cells(model.mdata, list(model.names), args.cluster_on, k=args.k,
+                           resolution=args.resolution, method=args.method, seed=args.seed)
     write_results(model.mdata, args.run)
     sizes = labels.value_counts(sort=False)
     print(f"{len(sizes)} clusters: " + ", ".join(f"{c}: {n}" for c, n in sizes.items()))
@@ -177,6 +176,12 @@ def _fit_cells(text: str):
     raise argparse.ArgumentTypeError(f"expected 'auto', 'all' or a number of cells >= 4, not {text!r}")
 
 
+def _cluster_on_option(parser) -> None:
+    parser.add_argument("--cluster-on", default=DEFAULT_CLUSTER_ON, metavar="REP",
+                        help="'joint' (default: the mean of the modality latents, as the paper), 'concat' "
+                             "(the modality latents side by side) or a modality name")
+
+
 def add_subcommands(sub) -> None:
     """Register the analysis subcommands on the ``scmm`` parser's subparsers."""
     p = sub.add_parser("analyze", help="cluster, UMAP, traversal and heatmap tables of a run, saved in it")
@@ -184,9 +189,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--resolution", type=float, default=1.0, help="clustering resolution (default 1)")
     p.add_argument("--k", type=int, default=None, help="neighbours (default 20; 15 with ATAC)")
     p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
-    p.add_argument("--cluster-on", default="joint", metavar="REP",
-                   help="'joint' (default: the mean of the modality latents, as the paper), 'concat' "
-                        "(the modality latents side by side) or a modality name")
+    _cluster_on_option(p)
     p.add_argument("--neighbors", choices=["auto", "exact", "approximate"], default="auto",
                    help="kNN search for clustering: 'auto' (default) is exact up to 50,000 cells and "
                         "approximate (pynndescent) above")
@@ -200,9 +203,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no step messages")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("cluster", help="PhenoGraph clusters of a run's joint latent -> obs['scmm_cluster']")
+    p = sub.add_parser("cluster", help="PhenoGraph clusters of a run's latents -> obs['scmm_cluster']")
     p.add_argument("run")
-    p.add_argument("--use-rep", default=LATENT_KEY, help="latent in obsm (default X_scmm, the joint)")
+    _cluster_on_option(p)
     p.add_argument("--k", type=int, default=None, help="neighbours (default 20; 15 with ATAC)")
     p.add_argument("--resolution", type=float, default=1.0)
     p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
