@@ -24,9 +24,8 @@ import scipy.sparse as sp
 
 from scmm import runfolder
 from scmm.normalise import library_scale
-from scmm.runfolder import (CLUSTER_KEY, LATENT_KEY, LIBRARY_KEY, SPLIT_KEY, UMAP_KEY, latent_key,
-                            umap_key)
-from scmm.tl.analysis import CLUSTER_PARAMS, DEFAULT_CLUSTER_ON
+from scmm.runfolder import (CLUSTER_KEY, CLUSTER_PARAMS, DEFAULT_CLUSTER_ON, LATENT_KEY, LIBRARY_KEY, SPLIT_KEY,
+                            UMAP_KEY, latent_key, umap_key)
 from scmm.tl.traversal import CACHE_NAME as TRAVERSAL_CACHE
 from scmm.tl.traversal import Traversal
 
@@ -324,7 +323,7 @@ class RunView:
             notes.append(f"The UMAPs were fitted on a random {fit:,} of the {n:,} cells; the other cells are "
                          "placed at the weighted mean of their nearest fitted cells (not optimised among "
                          "themselves).")
-        if _uns_str(self.mdata.uns.get("scmm_cluster_params"), "neighbors") == "approximate":
+        if _uns_str(self.mdata.uns.get(CLUSTER_PARAMS), "neighbors") == "approximate":
             notes.append("The clusters were computed on approximate nearest neighbours (pynndescent).")
         return notes
 

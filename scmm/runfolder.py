@@ -51,7 +51,10 @@ PREDICTIONS_DIR = "predictions"
 # keys the library writes into the data of a run (results.h5mu)
 LATENT_KEY = "X_scmm"            # obsm: joint latent; per modality f"{LATENT_KEY}_{m}"
 UMAP_KEY = "X_umap_scmm"         # obsm: UMAP of the joint latent; per modality f"{UMAP_KEY}_{m}"
-CLUSTER_KEY = "scmm_cluster"     # obs: clusters of the joint latent
+CLUSTER_KEY = "scmm_cluster"     # obs: the clusters
+CLUSTER_PARAMS = "scmm_cluster_params"  # uns: how the clusters were made (the explorer names the latent)
+#: what ``scmm analyze`` clusters by default: the joint latent, as the paper (docs/bench/small-data.md compares)
+DEFAULT_CLUSTER_ON = "joint"
 SPLIT_KEY = "scmm_split"         # obs: "train" / "test"
 LIBRARY_KEY = "scmm_library"     # mod[m].obs: counts per cell
 

@@ -20,17 +20,14 @@ import numpy as np
 import pandas as pd
 
 from ..model import SCMM
-from ..runfolder import (ANALYSIS_DIR, latent_key, CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, check_writable,
-                         labels_digest, replace_atomic, write_heatmap_tables, write_json_atomic)
+from ..runfolder import (ANALYSIS_DIR, CLUSTER_PARAMS, DEFAULT_CLUSTER_ON, latent_key, CONFIG_FILE, RESULTS_FILE,
+                         SUMMARY_FILE, check_writable, labels_digest, replace_atomic, write_heatmap_tables, write_json_atomic)
 from .clustering import cluster
 from .heatmap import heatmap_tables, marker_features, markers
 from .traversal import traverse
 from .umaps import PARAMS_KEY as UMAP_PARAMS, umap as run_umap
 
 CLUSTER_INPUT = "X_cluster_input"  # obsm key of the clustered representation while clustering
-CLUSTER_PARAMS = "scmm_cluster_params"  # uns: how the clusters were made (the explorer names the latent)
-#: what ``analyze`` clusters by default: the joint latent, as the paper (docs/bench/small-data.md compares)
-DEFAULT_CLUSTER_ON = "joint"
 
 
 def write_results(mdata, run_dir) -> Path:
