@@ -175,8 +175,10 @@ class Settings:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-#: below this many cells the test split is too small for early stopping and metrics to be trusted
-SMALL_DATA_CELLS = 1000
+#: below this many cells results are unreliable: the test split is small, and in bench/quality.py the
+#: joint latent clustered worse than simple baselines at 1,000 cells and matched or beat them from 2,000
+#: (docs/bench/small-data.md)
+SMALL_DATA_CELLS = 2000
 
 
 def describe_schedule(plan: dict, batch_size: int) -> str:
@@ -192,7 +194,10 @@ def small_data_warning(n_cells: int, n_test: int) -> str | None:
     if n_cells >= SMALL_DATA_CELLS:
         return None
     return (f"Only {n_cells:,} cells: with fewer than {SMALL_DATA_CELLS:,} cells the test split ({n_test:,} cells) "
-            "is small, so early stopping and the held-out metrics are noisy and results are unreliable.")
+            "is small, so early stopping and the held-out metrics are noisy, and results are unreliable: on "
+            "1,000-cell subsets of pbmc10k_cite and snare_cortex the joint latent separated the known cell "
+            "types less well than PCA of the RNA (with CLR protein for CITE-seq) in our benchmark "
+            "(adjusted Rand index 0.86 vs 0.96 and 0.39 vs 0.42); from 2,000 cells it matched or beat them.")
 
 
 def settings_of(config: dict) -> Settings:

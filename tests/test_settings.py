@@ -132,8 +132,9 @@ def test_scmm_train_renames_and_types_modalities_from_the_settings(tmp_path):
 
 def test_small_data_warning_names_the_numbers():
     from scmm.settings import describe_schedule, small_data_warning
-    assert small_data_warning(1000, 200) is None
-    assert small_data_warning(945, 189).startswith("Only 945 cells: with fewer than 1,000 cells the test split (189")
+    assert small_data_warning(2000, 400) is None
+    assert small_data_warning(1999, 400) is not None
+    assert small_data_warning(945, 189).startswith("Only 945 cells: with fewer than 2,000 cells the test split (189")
     plan = Settings().resolve({"rna": "rna"}).schedule(945)
     text = describe_schedule(plan, 128)
     assert text.startswith(f"up to {plan['epochs']:,} epochs = {plan['max_steps']:,} optimiser steps of 128 cells (7 an")
