@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ..model import SCMM
-from ..runfolder import (ANALYSIS_DIR, CLUSTER_PARAMS, DEFAULT_CLUSTER_ON, latent_key, CONFIG_FILE, RESULTS_FILE,
-                         SUMMARY_FILE, check_writable, labels_digest, replace_atomic, write_heatmap_tables, write_json_atomic)
+from ..runfolder import (ANALYSIS_DIR, CLUSTER_PARAMS, CONFIG_FILE, DEFAULT_CLUSTER_ON, RESULTS_FILE, SUMMARY_FILE,
+                         check_writable, labels_digest, latent_key, replace_atomic, write_heatmap_tables,
+                         write_json_atomic)
 from .clustering import cluster
 from .heatmap import heatmap_tables, marker_features, markers
 from .traversal import traverse
