@@ -197,7 +197,7 @@ def bench_small(dataset: str, n_cells: int, args) -> dict:
            "n_labelled": int((labels != "").sum()), "n_types": int(len(set(labels) - {""})),
            "steps_per_epoch": max(1, int(train.sum()) // model.settings.batch_size),
            "epochs_run": len(result["history"]), "best_epoch": result["best_epoch"],
-           "status": result["status"], "train_seconds": seconds and round(seconds, 1),
+           "status": result["status"], "train_seconds": None if seconds is None else round(seconds, 1),
            **({"from_run": str(Path(args.from_runs) / f"{name}{args.run_tag}")} if args.from_runs else {}),
            "leiden": leiden_scores(mdata, reps, labels, args.seed)}
     if args.resolutions:

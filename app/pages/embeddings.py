@@ -127,10 +127,10 @@ def naming_card(view) -> dbc.Card:
     clusters = view.mdata.obs[CLUSTER_KEY].astype(str)
     counts = clusters.value_counts()
     order = sorted(counts.index, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
-    listed = sorted(order, key=lambda c: -counts[c])[:LISTED_GROUPS]
+    listed = set(sorted(order, key=lambda c: -counts[c])[:LISTED_GROUPS])
     omitted = "" if len(listed) == len(order) else (
         f" — the {len(listed)} largest of {len(order):,} clusters are listed; the others keep their names")
-    order = [c for c in order if c in set(listed)]
+    order = [c for c in order if c in listed]
     rows = [html.Tr([html.Td(c), html.Td(f"{counts[c]:,}"),
                      html.Td(dbc.Input(id={"role": "cl-name", "c": c}, value=view.annotation.get(c, ""),
                                        size="sm", maxLength=100, placeholder="name"))]) for c in order]

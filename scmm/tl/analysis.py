@@ -71,6 +71,12 @@ def cluster_representation(mdata, names: list[str], cluster_on: str) -> np.ndarr
                      f"not {cluster_on!r}")
 
 
+def ensure_latents(model) -> None:
+    """Compute the joint and modality latents of ``model.mdata`` unless all are stored already."""
+    if any(latent_key(m) not in model.mdata.obsm for m in [None, *model.names]):
+        model.get_latent()
+
+
 def cluster_cells(mdata, names: list[str], cluster_on: str = DEFAULT_CLUSTER_ON, **options) -> pd.Series:
     """:func:`scmm.tl.cluster` on :func:`cluster_representation` (``options``: its settings);
     the representation is recorded as ``cluster_on`` in ``uns['scmm_cluster_params']``."""
@@ -120,9 +126,7 @@ def analyze(run_dir, resolution: float = 1.0, k: int | None = None, method: str 
     if model.mdata is None:
         raise FileNotFoundError(f"{run_dir} has no results.h5mu: train and save the run first")
     mdata = model.mdata
-    if any(latent_key(m) not in mdata.obsm for m in [None, *model.names]):
-        model.get_latent()
-    cluster_representation(mdata, list(model.names), cluster_on)  # a bad name fails before any work
+    ensure_latents(model)
     lap("load")
     report("cluster", f"clustering the {cluster_on} latent")
     labels = cluster_cells(mdata, list(model.names), cluster_on, k=k, resolution=resolution, method=method,

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from ..model import SCMM
-from ..runfolder import ANALYSIS_DIR, CLUSTER_KEY, latent_key
+from ..runfolder import ANALYSIS_DIR, CLUSTER_KEY
 from .activity import gene_activity
-from .analysis import DEFAULT_CLUSTER_ON, analyze, cluster_cells, write_results
+from .analysis import DEFAULT_CLUSTER_ON, analyze, cluster_cells, ensure_latents, write_results
 from .export import associated_table, export_all, export_heatmap
 from .heatmap import heatmap_tables
 from .traversal import traverse
@@ -20,8 +20,7 @@ def _load(run, device=None):
     model = SCMM.load(run, device=device)
     if model.mdata is None:
         raise FileNotFoundError(f"{run} has no results.h5mu: train and save the run first")
-    if any(latent_key(m) not in model.mdata.obsm for m in [None, *model.names]):
-        model.get_latent()
+    ensure_latents(model)
     return model
 
 
