@@ -63,7 +63,7 @@ def lognorm_pcs(counts, train_mask, n_pcs=50, seed=0):
 
 def train_model(mdata, args, progress=True):
     model = scmm.SCMM(mdata, preset=args.preset, device=args.device, latent_dim=args.latent_dim,
-                      posterior_scale=args.posterior_scale)
+                      posterior_scale=args.posterior_scale, encoder_dropout=args.encoder_dropout)
     tic = time.perf_counter()
     result = model.train(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          progress=progress, precision=args.precision)
@@ -193,7 +193,7 @@ def bench_small(dataset: str, n_cells: int, args) -> dict:
             f"rna_pca50+{'clr_prot' if dataset == 'cite' else 'atac_lsi50'}":
                 np.hstack([scaled(rna_pcs), scaled(second)])}
     row = {"dataset": dataset, "n_cells": int(mdata.n_obs), "seed": args.seed, "latent_dim": model.latent_dim,
-           "posterior_scale": model.posterior_scale,
+           "posterior_scale": model.posterior_scale, "encoder_dropout": model.settings.encoder_dropout,
            "n_labelled": int((labels != "").sum()), "n_types": int(len(set(labels) - {""})),
            "steps_per_epoch": max(1, int(train.sum()) // model.settings.batch_size),
            "epochs_run": len(result["history"]), "best_epoch": result["best_epoch"],
@@ -268,6 +268,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--posterior-scale", default=None, choices=["softplus", "softmax"],
                         help="the encoders' scale (default: the library's, softplus)")
+    parser.add_argument("--encoder-dropout", type=float, default=None,
+                        help="the encoders' dropout rate (default: the library's; 0 gives the paper's network)")
     parser.add_argument("--sizes", default=None, help="small-data table: comma-separated cell counts")
     parser.add_argument("--seeds", default="0", help="small-data table: comma-separated seeds")
     parser.add_argument("--resolutions", default=None,

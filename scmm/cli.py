@@ -51,7 +51,7 @@ def _finite(record: dict) -> dict:
 
 
 #: settings a ``scmm train`` flag sets (flag --a-b <-> field a_b)
-SETTINGS_FLAGS = ("preset", "latent_dim", "epochs", "lr", "batch_size", "objective", "k_samples",
+SETTINGS_FLAGS = ("preset", "latent_dim", "encoder_dropout", "epochs", "lr", "batch_size", "objective", "k_samples",
                   "n_top_genes", "peak_fraction", "test_fraction", "seed")
 
 
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="likelihood of a modality (repeatable)")
     defaults = Settings()
     train.add_argument("--latent-dim", type=int, default=None, help=f"latent size (default {defaults.latent_dim})")
+    train.add_argument("--encoder-dropout", type=float, default=None,
+                       help=f"dropout rate of the encoders' hidden layers in training (default "
+                            f"{defaults.encoder_dropout}; 0: the paper's network)")
     train.add_argument("--epochs", type=int, default=None,
                        help="epochs (default: the preset's, raised to its min_steps optimiser steps)")
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")

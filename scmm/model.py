@@ -62,6 +62,9 @@ class SCMM:
         Latent size D (10) and ``{name: [sizes]}`` overriding the preset's hidden layers.
     posterior_scale
         ``"softplus"`` (default) or ``"softmax"`` (the authors' code).
+    encoder_dropout
+        Dropout rate after each hidden layer of the encoders while training (0.2;
+        0 is the paper's network, which overfits small datasets: ``docs/bench/small-data.md``).
     log_input
         Encoder input log1p(counts / library x 1e4) (default) or without the log.
     device
@@ -76,8 +79,8 @@ class SCMM:
 
     def __init__(self, mdata: md.MuData, modalities: dict | None = None, preset: str | None = None,
                  latent_dim: int | None = None, hidden: dict | None = None, posterior_scale: str | None = None,
-                 log_input: bool | None = None, device: str | None = None, seed: int = 0,
-                 settings: Settings | None = None):
+                 encoder_dropout: float | None = None, log_input: bool | None = None, device: str | None = None,
+                 seed: int = 0, settings: Settings | None = None):
         modalities = dict(modalities or {})
         names = list(modalities) or list(mdata.mod)
         missing = [n for n in names if n not in mdata.mod]
@@ -85,14 +88,15 @@ class SCMM:
             raise KeyError(f"modalities {missing} are not in the data (it has {list(mdata.mod)})")
         chosen = (settings or Settings()).replace(
             preset=preset, latent_dim=latent_dim, hidden=hidden, likelihoods=modalities or None,
-            posterior_scale=posterior_scale, log_input=log_input)
+            posterior_scale=posterior_scale, encoder_dropout=encoder_dropout, log_input=log_input)
         self.settings = chosen.resolve({n: modality_kind(n, mdata.mod[n]) for n in names})
         self.feature_names = {n: [str(v) for v in mdata.mod[n].var_names] for n in names}
         self.specs = [ModalitySpec(n, len(self.feature_names[n]), self.likelihoods[n],
                                    tuple(self.settings.hidden[n])) for n in names]
         self.device = pick_device(device)
         torch.manual_seed(seed)
-        self.module = MMVAE(self.specs, self.latent_dim, self.posterior_scale).to(self.device)
+        self.module = MMVAE(self.specs, self.latent_dim, self.posterior_scale,
+                            self.settings.encoder_dropout).to(self.device)
         self.history: list[dict] = []
         self.status = "untrained"
         self.median_library = {}
@@ -349,7 +353,8 @@ class SCMM:
         model.status = config.get("status", "untrained")
         model.history = list(config.get("history", []))
         model.device = pick_device(device)
-        model.module = MMVAE(model.specs, model.latent_dim, model.posterior_scale).to(model.device)
+        model.module = MMVAE(model.specs, model.latent_dim, model.posterior_scale,
+                             model.settings.encoder_dropout).to(model.device)
         model.mdata = None
         return model
 

@@ -31,6 +31,7 @@ PREPROCESS_BOUNDS = {
 }
 MODEL_BOUNDS = {
     "latent_dim": (1, MAX_LATENT_DIM, True, False),
+    "encoder_dropout": (0, 0.9, False, False),
 }
 OBJECTIVES = ("stratified", "naive")
 LIKELIHOODS = ("nb", "zinb")
@@ -102,10 +103,9 @@ def validate_preprocess_options(cli: bool = False, **options) -> dict:
 
 
 def validate_model_options(cli: bool = False, latent_dim=None, hidden: dict | None = None,
-                           likelihoods: dict | None = None) -> None:
-    """Check the architecture: latent_dim, hidden layer sizes per modality, likelihoods."""
-    if latent_dim is not None:
-        _check_all(MODEL_BOUNDS, {"latent_dim": latent_dim}, cli)
+                           likelihoods: dict | None = None, encoder_dropout=None) -> None:
+    """Check the architecture: latent_dim, hidden layer sizes per modality, likelihoods, encoder_dropout."""
+    _check_all(MODEL_BOUNDS, {"latent_dim": latent_dim, "encoder_dropout": encoder_dropout}, cli)
     for name, sizes in (hidden or {}).items():
         what = f"{option_name('hidden', cli)}[{name!r}]"
         if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") \

@@ -317,4 +317,4 @@ def test_train_prints_the_plan_and_warns_on_small_data(data_file, tmp_path, caps
     err = capsys.readouterr().err
     assert "plan: 300 cells (240 for training), preset cite, fp32 on cpu: up to 1 epochs = 3 optimiser steps" in err
     assert "KL warm-up" in err and "early stopping after" in err
-    assert "warning: Only 300 cells: with fewer than 2,000 cells the test split (60 cells) is small" in err
+    assert "warning: Only 300 cells: with fewer than 1,000 cells the test split (60 cells) is small" in err

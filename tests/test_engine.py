@@ -228,6 +228,22 @@ def test_save_load_round_trip(trained, demo, tmp_path):
     assert loaded.history == trained.history
 
 
+def test_encoder_dropout_acts_in_training_only_and_keeps_the_weight_names():
+    from scmm.module.mmvae import MMVAE, ModalitySpec
+    specs = [ModalitySpec("rna", 30, "nb", (16, 16)), ModalitySpec("prot", 5, "nb", (8,))]
+    torch.manual_seed(0)
+    plain, dropped = MMVAE(specs, 4), MMVAE(specs, 4, encoder_dropout=0.5)
+    assert list(plain.state_dict()) == list(dropped.state_dict())   # old runs load into new modules
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.rand(20, 30)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped.encode("rna", x), plain.encode("rna", x))   # no dropout in evaluation
+    dropped.train()
+    first, second = dropped.encode("rna", x)[0], dropped.encode("rna", x)[0]
+    assert not torch.equal(first, second)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in dropped.decoders.modules())  # encoders only
+
+
 def test_three_modalities_train():
     base = scmm.demo.simulate(n_cells=300, n_genes=150, seed=9)
     rna = base["rna"]

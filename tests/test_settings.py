@@ -27,6 +27,8 @@ def test_defaults_live_in_one_place_and_the_preset_fills_the_rest():
 @pytest.mark.parametrize("values, message", [
     ({"epochs": -5}, "epochs must be an integer in [1, 100000], got -5"),
     ({"latent_dim": 0}, "latent_dim must be an integer in [1, 256], got 0"),
+    ({"encoder_dropout": 0.95}, "encoder_dropout must be a number in [0, 0.9], got 0.95"),
+    ({"encoder_dropout": -0.1}, "encoder_dropout must be a number in [0, 0.9], got -0.1"),
     ({"lr": 0.0}, "lr must be a number in (0, 10], got 0.0"),
     ({"preset": "../cite"}, "preset must be one of"),
     ({"hidden": {"rna": [200_000]}}, "layer size must be an integer in [1, 4096]"),
@@ -64,6 +66,17 @@ def test_settings_of_an_older_run_keep_their_epoch_schedule():
     assert plan["warmup_steps"] == 70 and plan["patience_steps"] == 70
 
 
+def test_runs_saved_before_encoder_dropout_are_read_as_trained_without_it():
+    from scmm.settings import settings_of
+    assert Settings().encoder_dropout == 0.2
+    config = {"latent_dim": 10, "posterior_scale": "softplus", "modalities": {"rna": "nb"},
+              "settings": {k: v for k, v in Settings().resolve({"rna": "rna"}).to_dict().items()
+                           if k != "encoder_dropout"}}
+    assert settings_of(config).encoder_dropout == 0.0
+    config["settings"]["encoder_dropout"] = 0.3
+    assert settings_of(config).encoder_dropout == 0.3
+
+
 def test_round_trip_through_a_file(tmp_path):
     s = Settings.build(preset="atac", latent_dim=16, epochs=3, lr=1e-3, hidden={"rna": [64, 32]})
     s.write(tmp_path / "settings.json")
@@ -82,6 +95,11 @@ def test_the_cli_takes_a_settings_file_and_flags_override_it(tmp_path):
     assert (s.latent_dim, s.epochs) == (7, 2)
     args = build_parser().parse_args(["train", "d.h5mu", "--out", "r", "--epochs", "-5"])
     with pytest.raises(ValueError, match=r"^--epochs must be an integer in \[1, 100000\], got -5$"):
+        settings_from_args(args)
+    args = build_parser().parse_args(["train", "d.h5mu", "--out", "r", "--encoder-dropout", "0"])
+    assert settings_from_args(args).encoder_dropout == 0.0
+    args = build_parser().parse_args(["train", "d.h5mu", "--out", "r", "--encoder-dropout", "1"])
+    with pytest.raises(ValueError, match=r"^--encoder-dropout must be a number in \[0, 0.9\], got 1.0$"):
         settings_from_args(args)
 
 
@@ -132,9 +150,11 @@ def test_scmm_train_renames_and_types_modalities_from_the_settings(tmp_path):
 
 def test_small_data_warning_names_the_numbers():
     from scmm.settings import describe_schedule, small_data_warning
-    assert small_data_warning(2000, 400) is None
-    assert small_data_warning(1999, 400) is not None
-    assert small_data_warning(945, 189).startswith("Only 945 cells: with fewer than 2,000 cells the test split (189")
+    assert small_data_warning(1000, 200) is None
+    assert small_data_warning(999, 200) is not None
+    text = small_data_warning(945, 189)
+    assert text.startswith("Only 945 cells: with fewer than 1,000 cells the test split (189")
+    assert "(adjusted Rand index 0.73 vs 0.94)" in text
     plan = Settings().resolve({"rna": "rna"}).schedule(945)
     text = describe_schedule(plan, 128)
     assert text.startswith(f"up to {plan['epochs']:,} epochs = {plan['max_steps']:,} optimiser steps of 128 cells (7 an")

@@ -35,18 +35,20 @@ class ModalitySpec:
 class MMVAE(nn.Module):
     """Per-modality Laplace encoders, NB/ZINB decoders and a learned Laplace prior.
 
-    The prior's scales are ``b = D * softmax(prior_logits)`` so that they sum to D.
+    The prior's scales are ``b = D * softmax(prior_logits)`` so that they sum to D;
+    ``encoder_dropout`` is the dropout rate of the encoders' hidden layers in training.
     """
 
     def __init__(self, specs: list[ModalitySpec], latent_dim: int = 10,
-                 posterior_scale: str = "softplus"):
+                 posterior_scale: str = "softplus", encoder_dropout: float = 0.0):
         super().__init__()
         if len(specs) < 2:
             raise ValueError("scMM needs at least two modalities")
         self.specs = list(specs)
         self.latent_dim = latent_dim
         self.encoders = nn.ModuleDict({
-            s.name: Encoder(s.n_features, list(s.hidden), latent_dim, posterior_scale) for s in specs})
+            s.name: Encoder(s.n_features, list(s.hidden), latent_dim, posterior_scale, encoder_dropout)
+            for s in specs})
         self.decoders = nn.ModuleDict({
             s.name: Decoder(latent_dim, list(s.hidden)[::-1], s.n_features, s.likelihood == "zinb")
             for s in specs})

@@ -11,11 +11,18 @@ def full_precision(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Hidden blocks ``Linear -> BatchNorm1d -> ReLU`` for consecutive ``sizes``."""
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Hidden blocks ``Linear -> BatchNorm1d -> ReLU`` for consecutive ``sizes``, with
+    ``Dropout(dropout)`` after each ReLU when ``dropout > 0``.
+
+    The ReLU and its dropout share one parameter-free slot, so the weights' names
+    (``0.weight``, ``1.running_mean``, ``3.weight``...) do not depend on ``dropout``:
+    a model saved with one rate loads into a module built with another.
+    """
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()]
+        activation = nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout > 0 else nn.ReLU()
+        layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), activation]
     return nn.Sequential(*layers)
 
 
@@ -24,14 +31,16 @@ class Encoder(nn.Module):
 
     ``scale="softplus"`` (default) gives an unconstrained positive scale per
     cell and dimension; ``scale="softmax"`` reproduces the authors' code
-    (``D * softmax(h) + 1e-6``, summing to D like the prior).
+    (``D * softmax(h) + 1e-6``, summing to D like the prior).  ``dropout``: the rate
+    applied after each hidden layer while training (none in evaluation mode).
     """
 
-    def __init__(self, n_features: int, hidden: list[int], latent_dim: int, scale: str = "softplus"):
+    def __init__(self, n_features: int, hidden: list[int], latent_dim: int, scale: str = "softplus",
+                 dropout: float = 0.0):
         super().__init__()
         if scale not in ("softplus", "softmax"):
             raise ValueError(f"posterior scale must be 'softplus' or 'softmax', not {scale!r}")
-        self.body = mlp([n_features, *hidden])
+        self.body = mlp([n_features, *hidden], dropout)
         self.loc = nn.Linear(hidden[-1], latent_dim)
         self.raw_scale = nn.Linear(hidden[-1], latent_dim)
         self.scale_kind = scale
