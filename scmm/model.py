@@ -95,14 +95,18 @@ class SCMM:
                                    tuple(self.settings.hidden[n])) for n in names]
         self.device = pick_device(device)
         torch.manual_seed(seed)
-        self.module = MMVAE(self.specs, self.latent_dim, self.posterior_scale,
-                            self.settings.encoder_dropout).to(self.device)
+        self.module = self._build_module()
         self.history: list[dict] = []
         self.status = "untrained"
         self.median_library = {}
         self.mdata = None
         if mdata is not None:
             self._attach(mdata)
+
+    def _build_module(self) -> MMVAE:
+        """The torch module of :attr:`specs` and :attr:`settings`, on :attr:`device` (fresh weights)."""
+        return MMVAE(self.specs, self.latent_dim, self.posterior_scale,
+                     self.settings.encoder_dropout).to(self.device)
 
     # ------------------------------------------------------------ settings
     @property
@@ -353,8 +357,7 @@ class SCMM:
         model.status = config.get("status", "untrained")
         model.history = list(config.get("history", []))
         model.device = pick_device(device)
-        model.module = MMVAE(model.specs, model.latent_dim, model.posterior_scale,
-                             model.settings.encoder_dropout).to(model.device)
+        model.module = model._build_module()
         model.mdata = None
         return model
 
